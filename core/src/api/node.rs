@@ -1,0 +1,136 @@
+//! The node API (`keygrid.v1.Node`): how agents attest and obtain identities.
+
+use std::sync::Arc;
+
+use keygrid_proto::keygrid::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::blocking;
+use crate::issuance::Issuance;
+use crate::store::EntryRecord;
+
+/// Serves `keygrid.v1.Node`.
+pub struct NodeApi {
+    issuance: Arc<Issuance>,
+}
+
+impl NodeApi {
+    /// Creates the service.
+    pub fn new(issuance: Arc<Issuance>) -> Self {
+        NodeApi { issuance }
+    }
+
+    fn bundle(&self) -> pb::Bundle {
+        let h = self.issuance.hierarchy();
+        pb::Bundle {
+            trust_domain: h.trust_domain().to_string(),
+            x509_authorities: h.bundle(),
+            sequence: 1,
+        }
+    }
+
+    /// Authenticates the caller by its TLS client certificate.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a node client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a node client certificate is required"))?
+            .to_vec();
+        let issuance = self.issuance.clone();
+        blocking(move || issuance.authenticate_node(&leaf))
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::PermissionDenied => Status::unauthenticated(s.message()),
+                _ => s,
+            })
+    }
+}
+
+/// Converts a stored entry to its wire form (shared with the admin API).
+pub fn entry_to_pb(e: EntryRecord) -> pb::Entry {
+    pb::Entry {
+        id: e.id,
+        spiffe_id: e.spiffe_id,
+        parent_id: e.parent_id,
+        selectors: e
+            .selectors
+            .into_iter()
+            .map(|s| pb::Selector {
+                r#type: s.kind,
+                value: s.value,
+            })
+            .collect(),
+        x509_svid_ttl_seconds: e.x509_svid_ttl,
+        dns_names: e.dns_names,
+        hint: e.hint,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for NodeApi {
+    async fn attest_join_token(
+        &self,
+        req: Request<pb::AttestJoinTokenRequest>,
+    ) -> Result<Response<pb::NodeCredential>, Status> {
+        let pb::AttestJoinTokenRequest { token, csr } = req.into_inner();
+        let issuance = self.issuance.clone();
+        let cred = blocking(move || issuance.redeem_join_token(&token, &csr)).await?;
+        Ok(Response::new(pb::NodeCredential {
+            spiffe_id: cred.spiffe_id,
+            cert_chain: cred.chain,
+            bundle: Some(self.bundle()),
+        }))
+    }
+
+    async fn renew_node_credential(
+        &self,
+        req: Request<pb::RenewNodeCredentialRequest>,
+    ) -> Result<Response<pb::NodeCredential>, Status> {
+        let node = self.caller(&req).await?;
+        let csr = req.into_inner().csr;
+        let issuance = self.issuance.clone();
+        let cred = blocking(move || issuance.renew_node(&node, &csr)).await?;
+        Ok(Response::new(pb::NodeCredential {
+            spiffe_id: cred.spiffe_id,
+            cert_chain: cred.chain,
+            bundle: Some(self.bundle()),
+        }))
+    }
+
+    async fn fetch_entries(
+        &self,
+        req: Request<pb::FetchEntriesRequest>,
+    ) -> Result<Response<pb::FetchEntriesResponse>, Status> {
+        let node = self.caller(&req).await?;
+        let issuance = self.issuance.clone();
+        let entries = blocking(move || issuance.entries_for_node(&node)).await?;
+        Ok(Response::new(pb::FetchEntriesResponse {
+            entries: entries.into_iter().map(entry_to_pb).collect(),
+        }))
+    }
+
+    async fn mint_x509svid(
+        &self,
+        req: Request<pb::MintX509svidRequest>,
+    ) -> Result<Response<pb::MintX509svidResponse>, Status> {
+        let node = self.caller(&req).await?;
+        let pb::MintX509svidRequest { entry_id, csr } = req.into_inner();
+        let issuance = self.issuance.clone();
+        let svid = blocking(move || issuance.mint_x509_svid(&node, &entry_id, &csr)).await?;
+        Ok(Response::new(pb::MintX509svidResponse {
+            spiffe_id: svid.spiffe_id,
+            cert_chain: svid.chain,
+            bundle: Some(self.bundle()),
+        }))
+    }
+
+    async fn fetch_bundle(
+        &self,
+        req: Request<pb::FetchBundleRequest>,
+    ) -> Result<Response<pb::Bundle>, Status> {
+        self.caller(&req).await?;
+        Ok(Response::new(self.bundle()))
+    }
+}

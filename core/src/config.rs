@@ -1,0 +1,330 @@
+//! Core configuration: one TOML file, every field documented in `docs/configuration.md`.
+//!
+//! Unknown fields are errors (a typo must not silently fall back to a default), and parse
+//! errors carry the line and column the `toml` crate reports.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::KeyAlgorithm;
+
+/// The whole `keygrid` core configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfig {
+    /// Trust domain name, e.g. `example.org`; SPIFFE IDs are `spiffe://<trust_domain>/...`.
+    pub trust_domain: String,
+    /// Directory for the SQLite database, the admin socket and the published bundle.
+    pub data_dir: PathBuf,
+    /// Network endpoints.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The PKCS#11 token that holds the CA keys.
+    #[serde(default)]
+    pub hsm: HsmConfig,
+    /// CA hierarchy algorithms and lifetimes.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// Workload (X.509-SVID) issuance.
+    #[serde(default)]
+    pub workloads: WorkloadsConfig,
+    /// Node (agent) attestation and credentials.
+    #[serde(default)]
+    pub nodes: NodesConfig,
+}
+
+/// Network endpoints of core.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// TLS listener for the node API.
+    pub listen: SocketAddr,
+    /// Admin Unix socket; defaults to `<data_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+    /// DNS names in core's serving certificate.
+    pub dns_names: Vec<String>,
+    /// IP addresses in core's serving certificate.
+    pub ip_addresses: Vec<IpAddr>,
+    /// Lifetime of core's serving certificate; renewed at half-life.
+    #[serde(with = "humantime_serde")]
+    pub serving_cert_ttl: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            admin_socket: None,
+            dns_names: vec!["localhost".into()],
+            ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            serving_cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The PKCS#11 token holding CA keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the token.
+    pub token_label: String,
+    /// File whose first line is the user PIN. Takes precedence over `pin_env`.
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub pin_env: String,
+}
+
+impl Default for HsmConfig {
+    fn default() -> Self {
+        HsmConfig {
+            module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+            token_label: "keygrid".into(),
+            pin_file: None,
+            pin_env: "KEYGRID_HSM_PIN".into(),
+        }
+    }
+}
+
+/// Algorithms and lifetimes of the CA hierarchy, used when it is first created.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Root key algorithm.
+    pub root_algorithm: KeyAlgorithm,
+    /// Root lifetime.
+    #[serde(with = "humantime_serde")]
+    pub root_ttl: Duration,
+    /// Issuing CA key algorithm.
+    pub issuer_algorithm: KeyAlgorithm,
+    /// Issuing CA lifetime.
+    #[serde(with = "humantime_serde")]
+    pub issuer_ttl: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            root_algorithm: KeyAlgorithm::EcdsaP384,
+            root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
+            issuer_algorithm: KeyAlgorithm::EcdsaP384,
+            issuer_ttl: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+/// X.509-SVID issuance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadsConfig {
+    /// Lifetime of an X.509-SVID when the entry sets none.
+    #[serde(with = "humantime_serde")]
+    pub default_svid_ttl: Duration,
+    /// Upper bound on any entry's requested lifetime.
+    #[serde(with = "humantime_serde")]
+    pub max_svid_ttl: Duration,
+}
+
+impl Default for WorkloadsConfig {
+    fn default() -> Self {
+        WorkloadsConfig {
+            default_svid_ttl: Duration::from_secs(300),
+            max_svid_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Node attestation and node credentials.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesConfig {
+    /// Lifetime of a node certificate; agents renew at half-life.
+    #[serde(with = "humantime_serde")]
+    pub cert_ttl: Duration,
+    /// How long a join token stays redeemable when the operator sets no TTL.
+    #[serde(with = "humantime_serde")]
+    pub join_token_ttl: Duration,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            cert_ttl: Duration::from_secs(24 * 3600),
+            join_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown/ill-typed fields (message carries line/column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with position.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl CoreConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used only in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: CoreConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        spiffe::TrustDomain::new(&cfg.trust_domain)
+            .map_err(|e| invalid(format!("trust_domain {:?}: {e}", cfg.trust_domain)))?;
+        if cfg.workloads.default_svid_ttl.is_zero() {
+            return Err(invalid(
+                "workloads.default_svid_ttl must be greater than zero".into(),
+            ));
+        }
+        if cfg.workloads.default_svid_ttl > cfg.workloads.max_svid_ttl {
+            return Err(invalid(
+                "workloads.default_svid_ttl is longer than workloads.max_svid_ttl".into(),
+            ));
+        }
+        if cfg.nodes.cert_ttl < Duration::from_secs(60) {
+            return Err(invalid("nodes.cert_ttl must be at least 1m".into()));
+        }
+        if cfg.server.serving_cert_ttl < Duration::from_secs(60) {
+            return Err(invalid(
+                "server.serving_cert_ttl must be at least 1m".into(),
+            ));
+        }
+        if cfg.data_dir.is_relative() {
+            // Relative paths are taken from the config file's directory, not the caller's cwd.
+            if let Some(base) = path.parent() {
+                cfg.data_dir = base.join(&cfg.data_dir);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.server
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    /// The SQLite database path.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("keygrid.db")
+    }
+
+    /// Where core publishes the trust bundle (PEM) for bootstrapping agents.
+    pub fn bundle_path(&self) -> PathBuf {
+        self.data_dir.join("bundle.pem")
+    }
+
+    /// Reads the HSM user PIN from the configured file or environment variable.
+    pub fn hsm_pin(&self) -> Result<String, String> {
+        if let Some(file) = &self.hsm.pin_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read HSM PIN file {}: {e}", file.display()))?;
+            let pin = text.lines().next().unwrap_or("").trim().to_string();
+            if pin.is_empty() {
+                return Err(format!("HSM PIN file {} is empty", file.display()));
+            }
+            return Ok(pin);
+        }
+        std::env::var(&self.hsm.pin_env).map_err(|_| {
+            format!(
+                "no HSM PIN: set hsm.pin_file or the {} environment variable",
+                self.hsm.pin_env
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = CoreConfig::parse(
+            "trust_domain = \"example.org\"\ndata_dir = \"/var/lib/keygrid\"\n",
+            Path::new("/etc/keygrid/core.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.workloads.default_svid_ttl, Duration::from_secs(300));
+        assert_eq!(cfg.ca.root_algorithm, KeyAlgorithm::EcdsaP384);
+        assert_eq!(
+            cfg.admin_socket(),
+            PathBuf::from("/var/lib/keygrid/admin.sock")
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_its_line() {
+        let err = CoreConfig::parse(
+            "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[workloads]\nsvid_tll = \"5m\"\n",
+            Path::new("core.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("svid_tll"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_trust_domain_is_refused() {
+        let err = CoreConfig::parse(
+            "trust_domain = \"Not A Domain\"\ndata_dir = \"/d\"\n",
+            Path::new("core.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("trust_domain"), "{err}");
+    }
+
+    #[test]
+    fn relative_data_dir_is_taken_from_the_config_directory() {
+        let cfg = CoreConfig::parse(
+            "trust_domain = \"example.org\"\ndata_dir = \"data\"\n",
+            Path::new("/etc/keygrid/core.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/etc/keygrid/data"));
+    }
+}

@@ -1,0 +1,307 @@
+//! Issuance: the decisions between an authenticated request and a signed certificate.
+//!
+//! The gRPC layer parses and authenticates; this module decides (is the token valid, may
+//! this node serve this entry), asks the CA to sign, and records the result in the store
+//! before anything is returned. A refusal writes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::CertificateSigningRequestParams;
+use rustls_pki_types::CertificateSigningRequestDer;
+use time::OffsetDateTime;
+
+use crate::ca::{self, profiles, Authority, CaError, Hierarchy, Issued};
+use crate::store::{CertificateRecord, EntryRecord, NodeRecord, Store, StoreError};
+
+/// The largest CSR accepted. Real CSRs are well under 2 KiB.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// Why a request was not honoured. Each maps to one gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The caller is not allowed what it asked.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Something on KeyGrid's side failed; details are logged, not returned.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<StoreError> for IssueError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure during issuance");
+        IssueError::Internal
+    }
+}
+
+impl From<CaError> for IssueError {
+    fn from(e: CaError) -> Self {
+        match e {
+            CaError::InvalidRequest(msg) => IssueError::InvalidArgument(msg),
+            other => {
+                tracing::error!(error = %other, "CA failure during issuance");
+                IssueError::Internal
+            }
+        }
+    }
+}
+
+/// Lifetimes the issuance path applies.
+#[derive(Clone, Debug)]
+pub struct IssuanceSettings {
+    /// X.509-SVID lifetime when the entry sets none.
+    pub default_svid_ttl: Duration,
+    /// Cap on any X.509-SVID lifetime.
+    pub max_svid_ttl: Duration,
+    /// Node certificate lifetime.
+    pub node_cert_ttl: Duration,
+}
+
+/// A node certificate and the chain that goes with it.
+#[derive(Clone, Debug)]
+pub struct NodeCredential {
+    /// The node's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Leaf first, then the nodes CA.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// An X.509-SVID just minted.
+#[derive(Clone, Debug)]
+pub struct MintedSvid {
+    /// The SVID's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Leaf first, then the workloads CA.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// The issuance service shared by the node API handlers.
+pub struct Issuance {
+    store: Arc<Store>,
+    ca: Arc<Hierarchy>,
+    settings: IssuanceSettings,
+}
+
+/// Parses a DER CSR and checks its self-signature (proof of possession of the key).
+fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> {
+    if der.is_empty() {
+        return Err(IssueError::InvalidArgument("csr is required".into()));
+    }
+    if der.len() > MAX_CSR_BYTES {
+        return Err(IssueError::InvalidArgument(format!(
+            "csr is {} bytes; the limit is {MAX_CSR_BYTES}",
+            der.len()
+        )));
+    }
+    CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+        .map_err(|e| IssueError::InvalidArgument(format!("csr rejected: {e}")))
+}
+
+fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> CertificateRecord {
+    CertificateRecord {
+        issuer: issuer.name().to_string(),
+        serial: issued.serial_hex.clone(),
+        profile: profile.to_string(),
+        subject: subject.to_string(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        sha256: issued.sha256_hex.clone(),
+    }
+}
+
+/// Profile names recorded in the store.
+pub const PROFILE_NODE: &str = "node";
+/// Profile name of X.509-SVIDs.
+pub const PROFILE_X509_SVID: &str = "x509-svid";
+
+impl Issuance {
+    /// Creates the service.
+    pub fn new(store: Arc<Store>, ca: Arc<Hierarchy>, settings: IssuanceSettings) -> Self {
+        Issuance {
+            store,
+            ca,
+            settings,
+        }
+    }
+
+    /// The CA hierarchy.
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.ca
+    }
+
+    /// Exchanges a one-time join token and a CSR for a node certificate.
+    pub fn redeem_join_token(
+        &self,
+        token: &str,
+        csr_der: &[u8],
+    ) -> Result<NodeCredential, IssueError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(IssueError::InvalidArgument(
+                "token must be 1 to 256 characters".into(),
+            ));
+        }
+        let csr = parse_csr(csr_der)?;
+        let now = OffsetDateTime::now_utc();
+        let token_hash = ca::sha256_hex(token.as_bytes());
+        let agent_id = self
+            .store
+            .join_token_agent(&token_hash, now.unix_timestamp())?
+            .ok_or_else(|| IssueError::PermissionDenied("unknown or expired join token".into()))?;
+        let (issued, cert) = self.sign_node(&agent_id, &csr, now)?;
+        let node = NodeRecord {
+            spiffe_id: agent_id.clone(),
+            attestation: "join_token".into(),
+            serial: issued.serial_hex.clone(),
+            not_after: issued.not_after,
+        };
+        match self
+            .store
+            .redeem_join_token(&token_hash, &node, &cert, now.unix_timestamp())
+        {
+            Ok(()) => {}
+            // Another request redeemed it between our check and now: this one gets nothing.
+            Err(StoreError::NotFound(_)) => {
+                return Err(IssueError::PermissionDenied(
+                    "unknown or expired join token".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(node = %agent_id, serial = %issued.serial_hex, "node attested with join token");
+        Ok(self.node_credential(agent_id, issued))
+    }
+
+    /// Issues a fresh node certificate to an already authenticated node.
+    pub fn renew_node(&self, node_id: &str, csr_der: &[u8]) -> Result<NodeCredential, IssueError> {
+        let csr = parse_csr(csr_der)?;
+        let now = OffsetDateTime::now_utc();
+        let existing = self
+            .store
+            .node(node_id)?
+            .ok_or_else(|| IssueError::PermissionDenied("node is not registered".into()))?;
+        let (issued, cert) = self.sign_node(node_id, &csr, now)?;
+        let node = NodeRecord {
+            serial: issued.serial_hex.clone(),
+            not_after: issued.not_after,
+            ..existing
+        };
+        self.store.renew_node(&node, &cert, now.unix_timestamp())?;
+        tracing::info!(node = %node_id, serial = %issued.serial_hex, "node certificate renewed");
+        Ok(self.node_credential(node_id.to_string(), issued))
+    }
+
+    fn sign_node(
+        &self,
+        node_id: &str,
+        csr: &CertificateSigningRequestParams,
+        now: OffsetDateTime,
+    ) -> Result<(Issued, CertificateRecord), IssueError> {
+        let params = profiles::node(node_id)?;
+        let nodes = self.ca.nodes();
+        let issued = nodes.sign(params, &csr.public_key, self.settings.node_cert_ttl, now)?;
+        let cert = record(nodes, PROFILE_NODE, node_id, &issued);
+        Ok((issued, cert))
+    }
+
+    fn node_credential(&self, spiffe_id: String, issued: Issued) -> NodeCredential {
+        NodeCredential {
+            spiffe_id,
+            chain: vec![issued.der, self.ca.nodes().cert_der().to_vec()],
+        }
+    }
+
+    /// Identifies a node from the leaf certificate it presented over TLS.
+    ///
+    /// TLS already checked the chain up to the root. This checks that the leaf was issued
+    /// by the nodes CA (an X.509-SVID, which also chains to the root, is refused) and that
+    /// the store recorded it as a node certificate for the SPIFFE ID it names.
+    pub fn authenticate_node(&self, leaf_der: &[u8]) -> Result<String, IssueError> {
+        let denied =
+            |why: &str| IssueError::PermissionDenied(format!("not a node credential: {why}"));
+        let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
+            .map_err(|_| denied("certificate does not parse"))?;
+        let (_, nodes_ca) = x509_parser::parse_x509_certificate(self.ca.nodes().cert_der())
+            .map_err(|_| IssueError::Internal)?;
+        if leaf.issuer().as_raw() != nodes_ca.subject().as_raw() {
+            return Err(denied("not issued by the nodes CA"));
+        }
+        let spiffe_id = leaf
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| denied("no SPIFFE ID"))?;
+        let serial = hex::encode(leaf.raw_serial());
+        let rec = self
+            .store
+            .certificate(self.ca.nodes().name(), &serial)?
+            .ok_or_else(|| denied("unknown certificate"))?;
+        if rec.profile != PROFILE_NODE || rec.subject != spiffe_id {
+            return Err(denied("certificate was not issued to this node"));
+        }
+        if self.store.node(&spiffe_id)?.is_none() {
+            return Err(denied("node is not registered"));
+        }
+        Ok(spiffe_id)
+    }
+
+    /// Entries the node may serve.
+    pub fn entries_for_node(&self, node_id: &str) -> Result<Vec<EntryRecord>, IssueError> {
+        Ok(self.store.entries(Some(node_id))?)
+    }
+
+    /// Signs an X.509-SVID for `entry_id` if the entry belongs to `node_id`.
+    pub fn mint_x509_svid(
+        &self,
+        node_id: &str,
+        entry_id: &str,
+        csr_der: &[u8],
+    ) -> Result<MintedSvid, IssueError> {
+        if entry_id.is_empty() {
+            return Err(IssueError::InvalidArgument("entry_id is required".into()));
+        }
+        let csr = parse_csr(csr_der)?;
+        let entry = self
+            .store
+            .entry(entry_id)?
+            .filter(|e| e.parent_id == node_id)
+            .ok_or_else(|| {
+                IssueError::PermissionDenied(format!(
+                    "node {node_id} is not authorised for entry {entry_id}"
+                ))
+            })?;
+        let ttl = if entry.x509_svid_ttl > 0 {
+            Duration::from_secs(entry.x509_svid_ttl as u64)
+        } else {
+            self.settings.default_svid_ttl
+        }
+        .min(self.settings.max_svid_ttl);
+        let now = OffsetDateTime::now_utc();
+        let params = profiles::x509_svid(&entry.spiffe_id, &entry.dns_names)?;
+        let workloads = self.ca.workloads();
+        let issued = workloads.sign(params, &csr.public_key, ttl, now)?;
+        if issued.clamped {
+            tracing::warn!(spiffe_id = %entry.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
+        }
+        self.store.record_certificate(&record(
+            workloads,
+            PROFILE_X509_SVID,
+            &entry.spiffe_id,
+            &issued,
+        ))?;
+        tracing::debug!(spiffe_id = %entry.spiffe_id, node = %node_id, serial = %issued.serial_hex, "X.509-SVID issued");
+        Ok(MintedSvid {
+            spiffe_id: entry.spiffe_id,
+            chain: vec![issued.der, workloads.cert_der().to_vec()],
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! KeyGrid core: the CA service.
+//!
+//! Requests flow one way through these modules: an API ([`api`]) authenticates the caller,
+//! [`issuance`] decides, the CA ([`ca`]) signs with a key from a backend ([`keys`]), and the
+//! [`store`] records the result before the API answers.
+
+pub mod admin_client;
+pub mod api;
+pub mod ca;
+pub mod config;
+pub mod dev;
+pub mod identity;
+pub mod issuance;
+pub mod keys;
+pub mod server;
+pub mod store;

@@ -1,0 +1,345 @@
+//! `keygrid`: run core, the dev environment, and the admin CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use keygrid_core::config::CoreConfig;
+use keygrid_core::dev::{self, DevArgs};
+use keygrid_proto::keygrid::v1 as pb;
+
+/// KeyGrid: an external PKI for Kubernetes and SPIFFE workloads.
+#[derive(Parser)]
+#[command(name = "keygrid", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run core from a configuration file.
+    Serve {
+        /// Core configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run core and an agent on this machine with a private SoftHSM2 token.
+    Dev(DevArgs),
+    /// Inspect the CA hierarchy.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Manage registration entries.
+    Entry {
+        #[command(subcommand)]
+        command: EntryCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Manage join tokens for node attestation.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the CLI reaches core's admin socket.
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin socket of core.
+    #[arg(long, global = true, env = "KEYGRID_ADMIN_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Core configuration, to find the admin socket from.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn socket(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            return Ok(CoreConfig::load(c)?.admin_socket());
+        }
+        Ok(PathBuf::from(".keygrid/admin.sock"))
+    }
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Show the hierarchy: names, algorithms, key locations, fingerprints, validity.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum EntryCommand {
+    /// Create an entry: workloads matching all selectors on the parent node get the SPIFFE ID.
+    Create {
+        /// SPIFFE ID given to matching workloads.
+        #[arg(long)]
+        spiffe_id: String,
+        /// SPIFFE ID of the node that may serve the entry.
+        #[arg(long)]
+        parent_id: String,
+        /// Selector as type:value, e.g. unix:uid:1000 (repeatable; all must match).
+        #[arg(long = "selector", required = true)]
+        selectors: Vec<String>,
+        /// X.509-SVID lifetime (default: core's default).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        x509_svid_ttl: Option<Duration>,
+        /// DNS name to add to the SVID (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// Hint passed to workloads.
+        #[arg(long, default_value = "")]
+        hint: String,
+    },
+    /// List entries.
+    List,
+    /// Delete an entry by ID.
+    Delete {
+        /// Entry ID.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a one-time join token for a node.
+    Create {
+        /// SPIFFE ID the node gets when it redeems the token.
+        #[arg(long)]
+        agent_id: String,
+        /// How long the token stays redeemable (default: core's default).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGRID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn parse_selector(s: &str) -> anyhow::Result<pb::Selector> {
+    match s.split_once(':') {
+        Some((t, v)) if !t.is_empty() && !v.is_empty() => Ok(pb::Selector {
+            r#type: t.into(),
+            value: v.into(),
+        }),
+        _ => anyhow::bail!("selector {s:?} must be type:value, e.g. unix:uid:1000"),
+    }
+}
+
+fn print_entry(e: &pb::Entry) {
+    println!("Entry ID      : {}", e.id);
+    println!("SPIFFE ID     : {}", e.spiffe_id);
+    println!("Parent ID     : {}", e.parent_id);
+    for s in &e.selectors {
+        println!("Selector      : {}:{}", s.r#type, s.value);
+    }
+    if e.x509_svid_ttl_seconds > 0 {
+        println!("X509-SVID TTL : {}s", e.x509_svid_ttl_seconds);
+    }
+    for d in &e.dns_names {
+        println!("DNS name      : {d}");
+    }
+    if !e.hint.is_empty() {
+        println!("Hint          : {}", e.hint);
+    }
+    println!();
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "error",
+    }
+}
+
+async fn admin_command(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Ca {
+            command: CaCommand::Show,
+            admin,
+        } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            let res = c
+                .show_ca(pb::ShowCaRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for a in res.authorities {
+                let indent = if a.parent.is_empty() { "" } else { "  └─ " };
+                let fmt = |t: i64| {
+                    time::OffsetDateTime::from_unix_timestamp(t)
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|_| t.to_string())
+                };
+                println!("{indent}{} ({})", a.name, a.subject);
+                let pad = if a.parent.is_empty() {
+                    "   "
+                } else {
+                    "       "
+                };
+                println!("{pad}algorithm:   {}", a.algorithm);
+                println!("{pad}key:         {}", a.key_location);
+                println!("{pad}sha256:      {}", a.sha256_fingerprint);
+                println!(
+                    "{pad}valid:       {} .. {}",
+                    fmt(a.not_before_unix),
+                    fmt(a.not_after_unix)
+                );
+            }
+        }
+        Command::Entry { command, admin } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            match command {
+                EntryCommand::Create {
+                    spiffe_id,
+                    parent_id,
+                    selectors,
+                    x509_svid_ttl,
+                    dns_names,
+                    hint,
+                } => {
+                    let selectors = selectors
+                        .iter()
+                        .map(|s| parse_selector(s))
+                        .collect::<Result<_, _>>()?;
+                    let e = c
+                        .create_entry(pb::CreateEntryRequest {
+                            spiffe_id,
+                            parent_id,
+                            selectors,
+                            x509_svid_ttl_seconds: x509_svid_ttl
+                                .map(|d| d.as_secs() as i64)
+                                .unwrap_or(0),
+                            dns_names,
+                            hint,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    print_entry(&e);
+                }
+                EntryCommand::List => {
+                    let res = c
+                        .list_entries(pb::ListEntriesRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    println!("Found {} entries", res.entries.len());
+                    for e in &res.entries {
+                        print_entry(e);
+                    }
+                }
+                EntryCommand::Delete { id } => {
+                    c.delete_entry(pb::DeleteEntryRequest { id: id.clone() })
+                        .await
+                        .map_err(status_error)?;
+                    println!("Deleted entry {id}");
+                }
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Create { agent_id, ttl },
+            admin,
+        } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            let res = c
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    agent_spiffe_id: agent_id,
+                    ttl_seconds: ttl.map(|d| d.as_secs() as i64).unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", res.token);
+        }
+        Command::Serve { .. } | Command::Dev(_) => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // `dev` must configure SoftHSM2's environment before any thread exists.
+    let dev_plan = match &cli.command {
+        Command::Dev(args) => Some(dev::prepare(args.clone())?),
+        _ => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => {
+                let cfg = CoreConfig::load(&config)?;
+                keygrid_core::server::run(cfg, shutdown_signal()).await
+            }
+            Command::Dev(_) => match dev_plan {
+                Some(plan) => dev::run(plan).await,
+                None => anyhow::bail!("dev environment was not prepared"),
+            },
+            other => admin_command(other).await,
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygrid: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `keygrid serve`: starts core (node API over TLS, admin API on a local socket).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cryptoki::types::AuthPin;
+use keygrid_proto::keygrid::v1::{admin_server::AdminServer, node_server::NodeServer};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::api::{admin::AdminApi, node::NodeApi, tls};
+use crate::ca::{Hierarchy, HierarchySettings};
+use crate::config::CoreConfig;
+use crate::issuance::{Issuance, IssuanceSettings};
+use crate::keys::pkcs11::Pkcs11Token;
+use crate::store::Store;
+
+/// Writes `data` to `path` atomically (temp file + rename), with `mode`.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Encodes DER certificates as concatenated PEM.
+pub fn pem_certs(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .collect()
+}
+
+/// Creates a directory (and parents) readable only by its owner.
+pub fn private_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs core until `shutdown` resolves.
+pub async fn run(
+    cfg: CoreConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    private_dir(&cfg.data_dir)?;
+    let pin = cfg.hsm_pin().map_err(anyhow::Error::msg)?;
+    let token = Pkcs11Token::open(&cfg.hsm.module, &cfg.hsm.token_label, AuthPin::from(pin))
+        .context("cannot open the HSM token")?;
+    let store =
+        Arc::new(Store::open(&cfg.database_path()).with_context(|| {
+            format!("cannot open the store at {}", cfg.database_path().display())
+        })?);
+    let settings = HierarchySettings {
+        trust_domain: cfg.trust_domain.clone(),
+        root_algorithm: cfg.ca.root_algorithm,
+        root_ttl: cfg.ca.root_ttl,
+        issuer_algorithm: cfg.ca.issuer_algorithm,
+        issuer_ttl: cfg.ca.issuer_ttl,
+    };
+    let (hierarchy, created) = {
+        let store = store.clone();
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || Hierarchy::init_or_load(&store, &token, &settings))
+            .await??
+    };
+    if created {
+        tracing::info!(trust_domain = %cfg.trust_domain, "created a new CA hierarchy");
+    }
+    let hierarchy = Arc::new(hierarchy);
+    for a in hierarchy.authorities() {
+        tracing::info!(issuer = a.name(), key = %a.key_location(), algorithm = %a.algorithm(),
+            fingerprint = %crate::ca::sha256_hex(a.cert_der()), "CA loaded");
+    }
+    write_atomic(
+        &cfg.bundle_path(),
+        pem_certs(&hierarchy.bundle()).as_bytes(),
+        0o644,
+    )
+    .with_context(|| format!("cannot write {}", cfg.bundle_path().display()))?;
+
+    let issuance = Arc::new(Issuance::new(
+        store.clone(),
+        hierarchy.clone(),
+        IssuanceSettings {
+            default_svid_ttl: cfg.workloads.default_svid_ttl,
+            max_svid_ttl: cfg.workloads.max_svid_ttl,
+            node_cert_ttl: cfg.nodes.cert_ttl,
+        },
+    ));
+    let serving = Arc::new(
+        tls::ServingCert::issue(&hierarchy, &store, &cfg)
+            .map_err(|e| anyhow::anyhow!("cannot issue core's serving certificate: {e}"))?,
+    );
+    let tls_config =
+        tls::server_config(&hierarchy.bundle(), serving.clone()).map_err(anyhow::Error::msg)?;
+
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let listen_addr = listener.local_addr()?;
+
+    let admin_path = cfg.admin_socket();
+    if admin_path.exists() {
+        std::fs::remove_file(&admin_path)
+            .with_context(|| format!("cannot remove stale socket {}", admin_path.display()))?;
+    }
+    let admin_listener = UnixListener::bind(&admin_path)
+        .with_context(|| format!("cannot bind admin socket {}", admin_path.display()))?;
+    std::fs::set_permissions(&admin_path, std::fs::Permissions::from_mode(0o600))?;
+
+    // Renew core's serving certificate at half-life.
+    {
+        let (serving, hierarchy, store, cfg) = (
+            serving.clone(),
+            hierarchy.clone(),
+            store.clone(),
+            cfg.clone(),
+        );
+        tokio::spawn(async move {
+            let period = cfg.server.serving_cert_ttl / 2;
+            loop {
+                tokio::time::sleep(period).await;
+                let (s, h, st, c) = (
+                    serving.clone(),
+                    hierarchy.clone(),
+                    store.clone(),
+                    cfg.clone(),
+                );
+                match tokio::task::spawn_blocking(move || s.renew(&h, &st, &c)).await {
+                    Ok(Ok(())) => tracing::info!("core serving certificate renewed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "serving certificate renewal failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "serving certificate renewal task failed")
+                    }
+                }
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let node_server = tonic::transport::Server::builder()
+        .add_service(NodeServer::new(NodeApi::new(issuance.clone())))
+        .serve_with_incoming_shutdown(
+            tls::incoming(listener, tls_config),
+            stopped(stop_rx.clone()),
+        );
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminApi::new(
+            store.clone(),
+            hierarchy.clone(),
+            cfg.nodes.join_token_ttl,
+            cfg.workloads.max_svid_ttl,
+        )))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(listen = %listen_addr, admin_socket = %admin_path.display(),
+        bundle = %cfg.bundle_path().display(), "keygrid core ready");
+    let (a, b) = tokio::join!(node_server, admin_server);
+    a.context("node API server failed")?;
+    b.context("admin API server failed")?;
+    let _ = std::fs::remove_file(&admin_path);
+    tracing::info!("keygrid core stopped");
+    Ok(())
+}

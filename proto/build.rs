@@ -1,0 +1,24 @@
+//! Generates Rust code for KeyGrid's protos with a vendored `protoc`, so a fresh machine
+//! needs no system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // Build scripts are single-threaded, so setting the variable is race-free.
+    std::env::set_var("PROTOC", protoc);
+    let include = protoc_bin_vendored::include_path()?;
+    let include = include
+        .to_str()
+        .ok_or("protoc include path is not UTF-8")?
+        .to_string();
+
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/keygrid/v1/node.proto",
+            "proto/keygrid/v1/admin.proto",
+            "proto/spiffe/workload.proto",
+        ],
+        &["proto", include.as_str()],
+    )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}
