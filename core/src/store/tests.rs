@@ -1,1 +1,495 @@
 //! Store tests.
+
+use super::*;
+
+const NOW: i64 = 1_700_000_000;
+
+fn cert(issuer: &str, serial: &str, subject: &str) -> CertificateRecord {
+    CertificateRecord {
+        issuer: issuer.into(),
+        serial: serial.into(),
+        profile: "x509-svid".into(),
+        subject: subject.into(),
+        not_before: NOW - 10,
+        not_after: NOW + 300,
+        sha256: format!("sha-{issuer}-{serial}"),
+    }
+}
+
+fn sel(kind: &str, value: &str) -> Selector {
+    Selector {
+        kind: kind.into(),
+        value: value.into(),
+    }
+}
+
+fn entry(id: &str, spiffe_id: &str, parent_id: &str, selectors: Vec<Selector>) -> EntryRecord {
+    EntryRecord {
+        id: id.into(),
+        spiffe_id: spiffe_id.into(),
+        parent_id: parent_id.into(),
+        selectors,
+        x509_svid_ttl: 300,
+        dns_names: vec!["web.example.org".into()],
+        hint: "external".into(),
+    }
+}
+
+fn node(spiffe_id: &str, serial: &str) -> NodeRecord {
+    NodeRecord {
+        spiffe_id: spiffe_id.into(),
+        attestation: "join_token".into(),
+        serial: serial.into(),
+        not_after: NOW + 3600,
+    }
+}
+
+fn authority(name: &str, parent: Option<&str>) -> AuthorityRecord {
+    AuthorityRecord {
+        name: name.into(),
+        parent: parent.map(str::to_string),
+        cert_der: vec![0x30, 0x03, 0x02, 0x01, name.len() as u8],
+        key_label: format!("keygrid-{name}-test"),
+        algorithm: "ecdsa-p256".into(),
+    }
+}
+
+#[test]
+fn fresh_store_is_at_schema_version_1() {
+    let store = Store::in_memory().unwrap();
+    assert_eq!(store.schema_version().unwrap(), 1);
+    assert!(store.authorities().unwrap().is_empty());
+    assert_eq!(store.certificate_count().unwrap(), 0);
+    assert!(store.entries(None).unwrap().is_empty());
+}
+
+#[test]
+fn reopening_on_disk_store_keeps_data_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygrid.db");
+    {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        store
+            .insert_authorities(
+                &[
+                    authority("root", None),
+                    authority("workloads", Some("root")),
+                ],
+                NOW,
+            )
+            .unwrap();
+        store
+            .record_certificate(&cert("workloads", "0a0b", "spiffe://example.org/a"))
+            .unwrap();
+        store
+            .create_entry(
+                &entry(
+                    "e1",
+                    "spiffe://example.org/a",
+                    "spiffe://example.org/node",
+                    vec![sel("unix", "uid:1000")],
+                ),
+                NOW,
+            )
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    // Migrations are not re-applied: still exactly version 1.
+    assert_eq!(store.schema_version().unwrap(), 1);
+    let auths = store.authorities().unwrap();
+    assert_eq!(auths.len(), 2);
+    assert_eq!(auths[0].name, "root");
+    assert_eq!(auths[0].parent, None);
+    assert_eq!(auths[0].cert_der, authority("root", None).cert_der);
+    assert_eq!(auths[1].name, "workloads");
+    assert_eq!(auths[1].parent.as_deref(), Some("root"));
+    assert_eq!(auths[1].key_label, "keygrid-workloads-test");
+    assert_eq!(store.certificate_count().unwrap(), 1);
+    let rec = store.certificate("workloads", "0a0b").unwrap().unwrap();
+    assert_eq!(rec.subject, "spiffe://example.org/a");
+    assert_eq!(rec.not_after, NOW + 300);
+    let e = store.entry("e1").unwrap().unwrap();
+    assert_eq!(e.selectors, vec![sel("unix", "uid:1000")]);
+}
+
+#[test]
+fn authorities_are_listed_root_first_and_inserted_all_or_nothing() {
+    let store = Store::in_memory().unwrap();
+    // Children without their root: the parent foreign key refuses the whole batch.
+    store
+        .insert_authorities(
+            &[
+                authority("workloads", Some("root")),
+                authority("nodes", Some("root")),
+            ],
+            NOW,
+        )
+        .unwrap_err();
+    // Nothing was written.
+    assert!(store.authorities().unwrap().is_empty());
+
+    store
+        .insert_authorities(
+            &[
+                authority("root", None),
+                authority("workloads", Some("root")),
+                authority("nodes", Some("root")),
+            ],
+            NOW,
+        )
+        .unwrap();
+    let names: Vec<String> = store
+        .authorities()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names[0], "root");
+    assert_eq!(names.len(), 3);
+
+    // A second hierarchy is a conflict and leaves the first untouched.
+    let err = store
+        .insert_authorities(&[authority("root", None)], NOW + 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.authorities().unwrap().len(), 3);
+}
+
+#[test]
+fn duplicate_issuer_serial_is_conflict() {
+    let store = Store::in_memory().unwrap();
+    store
+        .record_certificate(&cert("workloads", "01ff", "spiffe://example.org/a"))
+        .unwrap();
+    let err = store
+        .record_certificate(&cert("workloads", "01ff", "spiffe://example.org/b"))
+        .unwrap_err();
+    match err {
+        StoreError::Conflict(msg) => {
+            assert!(msg.contains("01ff"), "{msg}");
+            assert!(msg.contains("workloads"), "{msg}");
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    // The first record is intact, the second was not written.
+    let rec = store.certificate("workloads", "01ff").unwrap().unwrap();
+    assert_eq!(rec.subject, "spiffe://example.org/a");
+    // The same serial under another issuer is allowed.
+    store
+        .record_certificate(&cert("nodes", "01ff", "spiffe://example.org/n"))
+        .unwrap();
+    assert_eq!(store.certificate_count().unwrap(), 2);
+    assert!(store.certificate("root", "01ff").unwrap().is_none());
+}
+
+#[test]
+fn entries_create_list_get_delete() {
+    let store = Store::in_memory().unwrap();
+    let node_a = "spiffe://example.org/node/a";
+    let node_b = "spiffe://example.org/node/b";
+    let e1 = entry(
+        "e1",
+        "spiffe://example.org/web",
+        node_a,
+        vec![sel("unix", "uid:1000"), sel("unix", "gid:50")],
+    );
+    let e2 = entry(
+        "e2",
+        "spiffe://example.org/db",
+        node_b,
+        vec![sel("unix", "uid:2000")],
+    );
+    let e3 = entry(
+        "e3",
+        "spiffe://example.org/cache",
+        node_a,
+        vec![sel("unix", "uid:3000")],
+    );
+    store.create_entry(&e1, NOW).unwrap();
+    store.create_entry(&e2, NOW + 1).unwrap();
+    store.create_entry(&e3, NOW + 2).unwrap();
+
+    let all = store.entries(None).unwrap();
+    let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+
+    let for_a = store.entries(Some(node_a)).unwrap();
+    let ids: Vec<&str> = for_a.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e3"]);
+    let for_b = store.entries(Some(node_b)).unwrap();
+    assert_eq!(for_b, vec![e2.clone()]);
+    assert!(store
+        .entries(Some("spiffe://example.org/node/none"))
+        .unwrap()
+        .is_empty());
+
+    let got = store.entry("e1").unwrap().unwrap();
+    assert_eq!(got.spiffe_id, e1.spiffe_id);
+    assert_eq!(got.parent_id, e1.parent_id);
+    assert_eq!(got.x509_svid_ttl, 300);
+    assert_eq!(got.dns_names, e1.dns_names);
+    assert_eq!(got.hint, "external");
+    // Selectors come back as the same set (stored canonically sorted).
+    let mut want = e1.selectors.clone();
+    want.sort_by(|a, b| (&a.kind, &a.value).cmp(&(&b.kind, &b.value)));
+    assert_eq!(got.selectors, want);
+    assert!(store.entry("nope").unwrap().is_none());
+
+    store.delete_entry("e1").unwrap();
+    assert!(store.entry("e1").unwrap().is_none());
+    let ids: Vec<String> = store
+        .entries(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, ["e2", "e3"]);
+    // Deleting it again: NotFound.
+    assert!(matches!(
+        store.delete_entry("e1").unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+}
+
+#[test]
+fn duplicate_entry_with_reordered_selectors_is_conflict() {
+    let store = Store::in_memory().unwrap();
+    let parent = "spiffe://example.org/node/a";
+    let first = entry(
+        "e1",
+        "spiffe://example.org/web",
+        parent,
+        vec![
+            sel("unix", "uid:1000"),
+            sel("unix", "gid:50"),
+            sel("k8s", "ns:a"),
+        ],
+    );
+    store.create_entry(&first, NOW).unwrap();
+    let dup = entry(
+        "e2",
+        "spiffe://example.org/web",
+        parent,
+        vec![
+            sel("k8s", "ns:a"),
+            sel("unix", "gid:50"),
+            sel("unix", "uid:1000"),
+        ],
+    );
+    let err = store.create_entry(&dup, NOW + 1).unwrap_err();
+    match err {
+        StoreError::Conflict(msg) => assert!(msg.contains("spiffe://example.org/web"), "{msg}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert!(store.entry("e2").unwrap().is_none());
+    assert_eq!(store.entries(None).unwrap().len(), 1);
+
+    // Changing any one of spiffe_id, parent or selectors makes it a different entry.
+    let mut other_parent = dup.clone();
+    other_parent.id = "e3".into();
+    other_parent.parent_id = "spiffe://example.org/node/b".into();
+    store.create_entry(&other_parent, NOW + 2).unwrap();
+    let mut other_selectors = dup.clone();
+    other_selectors.id = "e4".into();
+    other_selectors.selectors.pop();
+    store.create_entry(&other_selectors, NOW + 3).unwrap();
+    let mut other_id = dup.clone();
+    other_id.id = "e5".into();
+    other_id.spiffe_id = "spiffe://example.org/api".into();
+    store.create_entry(&other_id, NOW + 4).unwrap();
+    assert_eq!(store.entries(None).unwrap().len(), 4);
+
+    // Reusing an entry ID is a conflict too.
+    let mut same_id = first.clone();
+    same_id.spiffe_id = "spiffe://example.org/other".into();
+    assert!(matches!(
+        store.create_entry(&same_id, NOW + 5).unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+}
+
+#[test]
+fn delete_missing_entry_is_not_found() {
+    let store = Store::in_memory().unwrap();
+    match store.delete_entry("does-not-exist").unwrap_err() {
+        StoreError::NotFound(msg) => assert!(msg.contains("does-not-exist"), "{msg}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+#[test]
+fn join_token_agent_only_while_unexpired() {
+    let store = Store::in_memory().unwrap();
+    let agent = "spiffe://example.org/keygrid/agent/node1";
+    store
+        .create_join_token("hash1", agent, NOW + 600, NOW)
+        .unwrap();
+    assert_eq!(
+        store.join_token_agent("hash1", NOW).unwrap().as_deref(),
+        Some(agent)
+    );
+    assert_eq!(
+        store
+            .join_token_agent("hash1", NOW + 599)
+            .unwrap()
+            .as_deref(),
+        Some(agent)
+    );
+    // At and after expiry it is gone.
+    assert_eq!(store.join_token_agent("hash1", NOW + 600).unwrap(), None);
+    assert_eq!(store.join_token_agent("hash1", NOW + 10_000).unwrap(), None);
+    assert_eq!(store.join_token_agent("other", NOW).unwrap(), None);
+    // The same token hash twice is a conflict.
+    assert!(matches!(
+        store
+            .create_join_token("hash1", agent, NOW + 600, NOW)
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+}
+
+#[test]
+fn redeem_join_token_consumes_exactly_once() {
+    let store = Store::in_memory().unwrap();
+    let agent = "spiffe://example.org/keygrid/agent/node1";
+    store
+        .create_join_token("hash1", agent, NOW + 600, NOW)
+        .unwrap();
+    store
+        .redeem_join_token(
+            "hash1",
+            &node(agent, "aa01"),
+            &cert("nodes", "aa01", agent),
+            NOW + 1,
+        )
+        .unwrap();
+    let n = store.node(agent).unwrap().expect("node written");
+    assert_eq!(n.serial, "aa01");
+    assert_eq!(n.attestation, "join_token");
+    assert_eq!(n.not_after, NOW + 3600);
+    let c = store.certificate("nodes", "aa01").unwrap().unwrap();
+    assert_eq!(c.subject, agent);
+    assert_eq!(store.join_token_agent("hash1", NOW + 1).unwrap(), None);
+
+    // Second redeem of the same token fails and writes nothing.
+    let err = store
+        .redeem_join_token(
+            "hash1",
+            &node(agent, "aa02"),
+            &cert("nodes", "aa02", agent),
+            NOW + 2,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert_eq!(store.node(agent).unwrap().unwrap().serial, "aa01");
+    assert!(store.certificate("nodes", "aa02").unwrap().is_none());
+    assert_eq!(store.certificate_count().unwrap(), 1);
+}
+
+#[test]
+fn expired_join_token_cannot_be_redeemed() {
+    let store = Store::in_memory().unwrap();
+    let agent = "spiffe://example.org/keygrid/agent/late";
+    store
+        .create_join_token("hash-late", agent, NOW + 60, NOW)
+        .unwrap();
+    let err = store
+        .redeem_join_token(
+            "hash-late",
+            &node(agent, "bb01"),
+            &cert("nodes", "bb01", agent),
+            NOW + 60,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(store.node(agent).unwrap().is_none());
+    assert_eq!(store.certificate_count().unwrap(), 0);
+}
+
+#[test]
+fn failed_redeem_rolls_back_token_node_and_certificate() {
+    let store = Store::in_memory().unwrap();
+    let agent = "spiffe://example.org/keygrid/agent/node2";
+    // A certificate already holds the serial the redeem will try to record.
+    store
+        .record_certificate(&cert("nodes", "cc01", "spiffe://example.org/someone-else"))
+        .unwrap();
+    store
+        .create_join_token("hash2", agent, NOW + 600, NOW)
+        .unwrap();
+    let err = store
+        .redeem_join_token(
+            "hash2",
+            &node(agent, "cc01"),
+            &cert("nodes", "cc01", agent),
+            NOW + 1,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // All or nothing: token still redeemable, no node, original certificate unchanged.
+    assert_eq!(
+        store.join_token_agent("hash2", NOW + 1).unwrap().as_deref(),
+        Some(agent)
+    );
+    assert!(store.node(agent).unwrap().is_none());
+    assert_eq!(store.certificate_count().unwrap(), 1);
+    assert_eq!(
+        store.certificate("nodes", "cc01").unwrap().unwrap().subject,
+        "spiffe://example.org/someone-else"
+    );
+
+    // The store is still usable and the token can be redeemed with a fresh serial.
+    store
+        .redeem_join_token(
+            "hash2",
+            &node(agent, "cc02"),
+            &cert("nodes", "cc02", agent),
+            NOW + 2,
+        )
+        .unwrap();
+    assert_eq!(store.node(agent).unwrap().unwrap().serial, "cc02");
+    assert_eq!(store.join_token_agent("hash2", NOW + 2).unwrap(), None);
+}
+
+#[test]
+fn renew_node_updates_serial() {
+    let store = Store::in_memory().unwrap();
+    let agent = "spiffe://example.org/keygrid/agent/node3";
+    store
+        .create_join_token("hash3", agent, NOW + 600, NOW)
+        .unwrap();
+    store
+        .redeem_join_token(
+            "hash3",
+            &node(agent, "dd01"),
+            &cert("nodes", "dd01", agent),
+            NOW,
+        )
+        .unwrap();
+    let mut renewed = node(agent, "dd02");
+    renewed.not_after = NOW + 7200;
+    store
+        .renew_node(&renewed, &cert("nodes", "dd02", agent), NOW + 100)
+        .unwrap();
+    let n = store.node(agent).unwrap().unwrap();
+    assert_eq!(n.serial, "dd02");
+    assert_eq!(n.not_after, NOW + 7200);
+    // Both certificates are on record.
+    assert!(store.certificate("nodes", "dd01").unwrap().is_some());
+    assert!(store.certificate("nodes", "dd02").unwrap().is_some());
+    assert_eq!(store.certificate_count().unwrap(), 2);
+
+    // A renewal whose serial is already used changes nothing.
+    let err = store
+        .renew_node(
+            &node(agent, "dd01"),
+            &cert("nodes", "dd01", agent),
+            NOW + 200,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let n = store.node(agent).unwrap().unwrap();
+    assert_eq!(n.serial, "dd02");
+    assert_eq!(n.not_after, NOW + 7200);
+}
