@@ -346,9 +346,14 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
         .to_string();
     check_private_key_attributes(module, &root_label);
 
-    // Restart: a new token handle and a fresh store on the same file find the same CAs.
-    drop(token);
-    let token = Pkcs11Token::open(module, TOKEN, pin(USER_PIN)).unwrap();
+    // A second handle to the same token in one process is refused: PKCS#11 login state is
+    // per process, so it could not check its PIN.
+    let second = Pkcs11Token::open(module, TOKEN, pin(WRONG_PIN));
+    assert!(
+        matches!(&second, Err(KeyError::Token(m)) if m.contains("already open")),
+        "a second open of the same token must be refused"
+    );
+    // Restart of the store: a fresh store on the same file finds the same CAs.
     let store = Store::open(&db).unwrap();
     let (h, created) = Hierarchy::init_or_load(&store, &token, &settings).unwrap();
     assert!(!created, "the stored hierarchy is loaded, not recreated");

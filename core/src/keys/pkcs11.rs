@@ -70,9 +70,21 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Option<Slot>, KeyError> {
     Ok(None)
 }
 
+/// Tokens this process has opened. PKCS#11 login state is per process, so a second open
+/// of the same token would be "already logged in" whatever PIN it gave; refusing it keeps
+/// `open` an honest PIN check.
+static OPENED: Mutex<Vec<(std::path::PathBuf, String)>> = Mutex::new(Vec::new());
+
 impl Pkcs11Token {
-    /// Opens the token with `label` in `module` and logs in as the user.
+    /// Opens the token with `label` in `module` and logs in as the user. A token can be
+    /// opened once per process; share the returned handle.
     pub fn open(module: &Path, label: &str, pin: AuthPin) -> Result<Arc<Self>, KeyError> {
+        let key = (module.to_path_buf(), label.to_string());
+        if OPENED.lock().map_err(|_| poisoned())?.contains(&key) {
+            return Err(KeyError::Token(format!(
+                "token {label:?} is already open in this process; share the existing handle"
+            )));
+        }
         let ctx = load_module(module)?;
         let slot = find_slot(&ctx, label)?.ok_or_else(|| {
             KeyError::Token(format!(
@@ -87,9 +99,23 @@ impl Pkcs11Token {
             pin,
             pool: Mutex::new(Vec::new()),
         });
-        // Open one session now so a wrong PIN is reported at start, not at first signature.
-        let session = token.new_session()?;
+        // Log in now so a wrong PIN is reported at start, not at first signature. This first
+        // login must really check the PIN, so "already logged in" is an error here.
+        let session = token
+            .ctx
+            .open_rw_session(token.slot)
+            .map_err(ck("C_OpenSession"))?;
+        match session.login(UserType::User, Some(&token.pin)) {
+            Ok(()) => {}
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                return Err(KeyError::Token(format!(
+                    "token {label:?} already has a logged-in session in this process"
+                )))
+            }
+            Err(e) => return Err(ck("C_Login")(e)),
+        }
         token.put_back(session);
+        OPENED.lock().map_err(|_| poisoned())?.push(key);
         Ok(token)
     }
 
@@ -287,6 +313,14 @@ fn unwrap_octet_string(value: &[u8]) -> Option<Vec<u8>> {
         // A bare uncompressed point also starts with 0x04; accept it when the length fits.
         [0x04, ..] if value.len() == 65 || value.len() == 97 => Some(value.to_vec()),
         _ => None,
+    }
+}
+
+impl Drop for Pkcs11Token {
+    fn drop(&mut self) {
+        if let Ok(mut opened) = OPENED.lock() {
+            opened.retain(|(_, label)| label != &self.label);
+        }
     }
 }
 

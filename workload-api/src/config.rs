@@ -1,0 +1,107 @@
+//! Agent configuration: one TOML file, documented in `docs/configuration.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The `keygrid-agent` configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Trust domain the agent serves.
+    pub trust_domain: String,
+    /// URL of core's node API, e.g. `https://keygrid.example.org:8081`.
+    pub server_address: String,
+    /// Name to verify in core's certificate; defaults to the host of `server_address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM file with the root certificates used to authenticate core on first contact.
+    pub trust_bundle_path: PathBuf,
+    /// File holding a one-time join token, used when the agent has no valid node certificate.
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+    /// Directory for the node credential (mode 0700).
+    pub data_dir: PathBuf,
+    /// Workload API Unix socket.
+    pub socket_path: PathBuf,
+    /// How often entries and the bundle are synchronised from core.
+    #[serde(default = "default_sync_interval", with = "humantime_serde")]
+    pub sync_interval: Duration,
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl AgentConfig {
+    /// Reads and validates a configuration file; errors carry the file name and, for
+    /// syntax errors, the line and column.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let cfg: AgentConfig =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if !cfg.server_address.starts_with("https://") {
+            anyhow::bail!(
+                "{}: server_address must be an https:// URL, got {:?}",
+                path.display(),
+                cfg.server_address
+            );
+        }
+        if cfg.sync_interval < Duration::from_millis(100) {
+            anyhow::bail!("{}: sync_interval must be at least 100ms", path.display());
+        }
+        Ok(cfg)
+    }
+
+    /// The TLS name of core.
+    pub fn server_name(&self) -> String {
+        if let Some(n) = &self.server_name {
+            return n.clone();
+        }
+        let rest = self.server_address.trim_start_matches("https://");
+        let host = rest.split('/').next().unwrap_or(rest);
+        match host.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            None => host.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> String {
+        "trust_domain = \"example.org\"\nserver_address = \"https://core.example.org:8081\"\n\
+         trust_bundle_path = \"/b.pem\"\ndata_dir = \"/d\"\nsocket_path = \"/s.sock\"\n"
+            .to_string()
+    }
+
+    #[test]
+    fn server_name_defaults_to_the_url_host() {
+        let cfg = AgentConfig::parse(&base(), Path::new("a.toml")).unwrap();
+        assert_eq!(cfg.server_name(), "core.example.org");
+        assert_eq!(cfg.sync_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn plain_http_is_refused() {
+        let text = base().replace("https://", "http://");
+        let err = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let text = base() + "sokcet = 1\n";
+        let err = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("sokcet"), "{err}");
+    }
+}

@@ -1,0 +1,292 @@
+//! The agent's connection to core: node attestation, node credential renewal, and calls
+//! made with the node certificate.
+//!
+//! The node's private key is generated here and never leaves the node; core sees only a
+//! CSR. The credential is kept in the agent's data directory (key mode 0600) so a restart
+//! does not need a new join token while the certificate is still valid.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use keygrid_proto::keygrid::v1 as pb;
+use keygrid_proto::keygrid::v1::node_client::NodeClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::AgentConfig;
+
+/// A node certificate chain (leaf first) and its private key.
+#[derive(Clone)]
+pub struct NodeCredential {
+    /// The node's SPIFFE ID.
+    pub spiffe_id: String,
+    /// DER certificates, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8 private key, PEM.
+    key_pem: String,
+    /// Expiry of the leaf, Unix seconds.
+    pub not_after: i64,
+    /// When the agent received it, Unix seconds.
+    pub received_at: i64,
+}
+
+impl std::fmt::Debug for NodeCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCredential")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn pem_certs(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .collect()
+}
+
+fn leaf_not_after(der: &[u8]) -> anyhow::Result<i64> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).context("node certificate does not parse")?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// A fresh P-256 key and a CSR for it.
+pub fn new_key_and_csr() -> anyhow::Result<(rcgen::KeyPair, Vec<u8>)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    Ok((key, csr.der().to_vec()))
+}
+
+/// Writes a file atomically (temporary file in the same directory, then rename).
+pub fn write_private(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+impl NodeCredential {
+    fn from_response(res: pb::NodeCredential, key: &rcgen::KeyPair) -> anyhow::Result<Self> {
+        let leaf = res
+            .cert_chain
+            .first()
+            .context("core returned an empty certificate chain")?;
+        Ok(NodeCredential {
+            not_after: leaf_not_after(leaf)?,
+            spiffe_id: res.spiffe_id,
+            chain: res.cert_chain,
+            key_pem: key.serialize_pem(),
+            received_at: now(),
+        })
+    }
+
+    fn cert_path(dir: &Path) -> PathBuf {
+        dir.join("node-cert.pem")
+    }
+
+    fn key_path(dir: &Path) -> PathBuf {
+        dir.join("node-key.pem")
+    }
+
+    /// Saves the credential: key first (0600), then the certificate, each atomically.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        write_private(&Self::key_path(dir), self.key_pem.as_bytes(), 0o600)?;
+        let mut cert = format!("# {}\n", self.spiffe_id);
+        cert.push_str(&pem_certs(&self.chain));
+        write_private(&Self::cert_path(dir), cert.as_bytes(), 0o644)?;
+        Ok(())
+    }
+
+    /// Loads a saved credential if there is one that is still valid for at least a minute.
+    pub fn load_valid(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let (cert_path, key_path) = (Self::cert_path(dir), Self::key_path(dir));
+        if !cert_path.exists() || !key_path.exists() {
+            return Ok(None);
+        }
+        let cert_text = std::fs::read_to_string(&cert_path)?;
+        let key_pem = std::fs::read_to_string(&key_path)?;
+        let spiffe_id = cert_text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# "))
+            .unwrap_or_default()
+            .to_string();
+        let chain: Vec<Vec<u8>> = pem::parse_many(&cert_text)
+            .context("saved node certificate is not PEM")?
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect();
+        let Some(leaf) = chain.first() else {
+            return Ok(None);
+        };
+        let not_after = leaf_not_after(leaf)?;
+        if not_after <= now() + 60 || spiffe_id.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(NodeCredential {
+            spiffe_id,
+            chain,
+            key_pem,
+            not_after,
+            received_at: now(),
+        }))
+    }
+
+    /// When to renew: half-way between receipt and expiry.
+    pub fn renew_at(&self) -> i64 {
+        self.received_at + (self.not_after - self.received_at) / 2
+    }
+}
+
+/// The agent's client of core, re-keyed whenever the node credential changes.
+pub struct CoreClient {
+    cfg: AgentConfig,
+    roots_pem: String,
+    channel: RwLock<Channel>,
+    credential: RwLock<NodeCredential>,
+}
+
+async fn connect(
+    cfg: &AgentConfig,
+    roots_pem: &str,
+    identity: Option<Identity>,
+) -> anyhow::Result<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(roots_pem))
+        .domain_name(cfg.server_name());
+    if let Some(id) = identity {
+        tls = tls.identity(id);
+    }
+    let endpoint = Endpoint::from_shared(cfg.server_address.clone())
+        .with_context(|| format!("bad server_address {:?}", cfg.server_address))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    // Connect lazily: a core outage must not stop the agent from serving its cache.
+    Ok(endpoint.connect_lazy())
+}
+
+fn identity(cred: &NodeCredential) -> Identity {
+    Identity::from_pem(pem_certs(&cred.chain), cred.key_pem.clone())
+}
+
+impl CoreClient {
+    /// Obtains a node credential (saved one, or by redeeming the join token) and connects.
+    pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Self>> {
+        let roots_pem = std::fs::read_to_string(&cfg.trust_bundle_path).with_context(|| {
+            format!(
+                "cannot read trust bundle {}",
+                cfg.trust_bundle_path.display()
+            )
+        })?;
+        if pem::parse_many(&roots_pem)
+            .map(|v| v.is_empty())
+            .unwrap_or(true)
+        {
+            anyhow::bail!(
+                "trust bundle {} holds no PEM certificates",
+                cfg.trust_bundle_path.display()
+            );
+        }
+        let credential = match NodeCredential::load_valid(&cfg.data_dir)? {
+            Some(c) => {
+                tracing::info!(node = %c.spiffe_id, "using saved node credential");
+                c
+            }
+            None => {
+                let token_file = cfg.join_token_file.as_ref().context(
+                    "no valid node credential and no join_token_file configured; create a token with `keygrid token create`",
+                )?;
+                let token = std::fs::read_to_string(token_file).with_context(|| {
+                    format!("cannot read join token file {}", token_file.display())
+                })?;
+                let token = token.trim();
+                if token.is_empty() {
+                    anyhow::bail!("join token file {} is empty", token_file.display());
+                }
+                let channel = connect(&cfg, &roots_pem, None).await?;
+                let (key, csr) = new_key_and_csr()?;
+                let res = NodeClient::new(channel)
+                    .attest_join_token(pb::AttestJoinTokenRequest {
+                        token: token.to_string(),
+                        csr,
+                    })
+                    .await
+                    .map_err(|s| {
+                        anyhow::anyhow!("join token attestation refused: {}", s.message())
+                    })?
+                    .into_inner();
+                let cred = NodeCredential::from_response(res, &key)?;
+                cred.save(&cfg.data_dir)?;
+                tracing::info!(node = %cred.spiffe_id, "attested to core with a join token");
+                cred
+            }
+        };
+        let channel = connect(&cfg, &roots_pem, Some(identity(&credential))).await?;
+        Ok(Arc::new(CoreClient {
+            cfg,
+            roots_pem,
+            channel: RwLock::new(channel),
+            credential: RwLock::new(credential),
+        }))
+    }
+
+    /// A client over the current node credential.
+    pub fn client(&self) -> NodeClient<Channel> {
+        let ch = self
+            .channel
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        NodeClient::new(ch)
+    }
+
+    /// The node's SPIFFE ID.
+    pub fn node_id(&self) -> String {
+        self.credential
+            .read()
+            .map(|c| c.spiffe_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// When the node credential should next be renewed (Unix seconds).
+    pub fn renew_at(&self) -> i64 {
+        self.credential.read().map(|c| c.renew_at()).unwrap_or(0)
+    }
+
+    /// Renews the node credential and switches to it.
+    pub async fn renew(&self) -> anyhow::Result<()> {
+        let (key, csr) = new_key_and_csr()?;
+        let res = self
+            .client()
+            .renew_node_credential(pb::RenewNodeCredentialRequest { csr })
+            .await
+            .map_err(|s| anyhow::anyhow!("node credential renewal refused: {}", s.message()))?
+            .into_inner();
+        let cred = NodeCredential::from_response(res, &key)?;
+        cred.save(&self.cfg.data_dir)?;
+        let channel = connect(&self.cfg, &self.roots_pem, Some(identity(&cred))).await?;
+        if let Ok(mut c) = self.channel.write() {
+            *c = channel;
+        }
+        if let Ok(mut c) = self.credential.write() {
+            *c = cred;
+        }
+        tracing::info!("node credential renewed");
+        Ok(())
+    }
+}

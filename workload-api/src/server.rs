@@ -1,0 +1,45 @@
+//! `keygrid-agent run`: node attestation, the SVID cache and the Workload API socket.
+
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::Context;
+use keygrid_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::AgentConfig;
+use crate::{cache, node_client::CoreClient, workload::WorkloadApi};
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let core = CoreClient::start(cfg.clone()).await?;
+    let cache = cache::start(core.clone(), cfg.trust_domain.clone(), cfg.sync_interval);
+
+    if let Some(dir) = cfg.socket_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if cfg.socket_path.exists() {
+        std::fs::remove_file(&cfg.socket_path)
+            .with_context(|| format!("cannot remove stale socket {}", cfg.socket_path.display()))?;
+    }
+    let listener = UnixListener::bind(&cfg.socket_path)
+        .with_context(|| format!("cannot bind {}", cfg.socket_path.display()))?;
+    // Any local process may call the Workload API; what it gets depends on who it is.
+    std::fs::set_permissions(&cfg.socket_path, std::fs::Permissions::from_mode(0o777))?;
+    tracing::info!(node = %core.node_id(), socket = %cfg.socket_path.display(), "keygrid agent ready");
+
+    tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(cache)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .context("Workload API server failed")?;
+    let _ = std::fs::remove_file(&cfg.socket_path);
+    tracing::info!("keygrid agent stopped");
+    Ok(())
+}
