@@ -21,6 +21,7 @@ fn settings(trust_domain: &str) -> HierarchySettings {
         root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
         issuer_ttl: Duration::from_secs(30 * 24 * 3600),
+        control_plane_constraints: Default::default(),
     }
 }
 
@@ -30,6 +31,11 @@ fn new_hierarchy() -> (Hierarchy, Store, MemoryBackend) {
     let (h, created) = Hierarchy::init_or_load(&store, &keys, &settings(TD)).unwrap();
     assert!(created);
     (h, store, keys)
+}
+
+/// A CA certificate that outlives the `Arc` it came from (tests only).
+fn der(a: Arc<Authority>) -> &'static [u8] {
+    a.cert_der().to_vec().leak()
 }
 
 fn parse(der: &[u8]) -> X509Certificate<'_> {
@@ -86,35 +92,54 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
     let (first, created) = Hierarchy::init_or_load(&store, &keys, &settings(TD)).unwrap();
     assert!(created, "first call must create the hierarchy");
     assert_eq!(first.trust_domain(), TD);
-    let names: Vec<&str> = first.authorities().iter().map(|a| a.name()).collect();
-    assert_eq!(names, [ROOT, WORKLOADS, NODES]);
+    let all = first.authorities();
+    let names: Vec<&str> = all.iter().map(|a| a.name()).collect();
+    assert_eq!(
+        names,
+        [ROOT, CONTROL_PLANE, NODES, SPIRE_UPSTREAM, WORKLOADS]
+    );
     assert_eq!(first.root().algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(first.workloads().algorithm(), KeyAlgorithm::EcdsaP256);
     assert_eq!(first.bundle(), vec![first.root().cert_der().to_vec()]);
 
     let records = store.authorities().unwrap();
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 5);
     assert_eq!(records[0].name, ROOT);
     assert_eq!(records[0].parent, None);
     for rec in &records[1..] {
         assert_eq!(rec.parent.as_deref(), Some(ROOT));
     }
 
-    // Root: self-signed CA, pathLen 1, carries the trust domain ID.
-    let root = parse(first.root().cert_der());
+    // Root: self-signed CA, pathLen 2 (root → spire-upstream → SPIRE CA → SVID).
+    let root = parse(der(first.root()));
     assert_eq!(root.subject(), root.issuer());
     let bc = root.basic_constraints().unwrap().unwrap();
     assert!(bc.value.ca);
-    assert_eq!(bc.value.path_len_constraint, Some(1));
+    assert_eq!(bc.value.path_len_constraint, Some(2));
     assert_eq!(uri_sans(&root), vec![format!("spiffe://{TD}")]);
     root.verify_signature(None).expect("root is self-signed");
-    // Issuing CAs: signed by the root, pathLen 0, AKI = root SKI.
-    for issuing in [first.workloads(), first.nodes()] {
-        let cert = parse(issuing.cert_der());
+    // Issuing CAs: signed by the root, pathLen 0 (1 for spire-upstream), AKI = root SKI.
+    for issuing in [
+        first.workloads(),
+        first.nodes(),
+        first.control_plane(),
+        first.spire_upstream(),
+    ] {
+        let cert = parse(der(issuing.clone()));
         assert_eq!(cert.issuer(), root.subject());
         let bc = cert.basic_constraints().unwrap().unwrap();
         assert!(bc.value.ca);
-        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let want = if issuing.name() == SPIRE_UPSTREAM {
+            1
+        } else {
+            0
+        };
+        assert_eq!(
+            bc.value.path_len_constraint,
+            Some(want),
+            "{}",
+            issuing.name()
+        );
         cert.verify_signature(Some(root.public_key()))
             .expect("issuing CA signed by root");
         assert_eq!(aki(&cert), ski(&root));
@@ -134,7 +159,7 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         assert_eq!(a.not_after(), b.not_after());
     }
     // The store still holds exactly one hierarchy.
-    assert_eq!(store.authorities().unwrap().len(), 3);
+    assert_eq!(store.authorities().unwrap().len(), 5);
 
     // The loaded hierarchy signs certificates that chain to the same root.
     let issued = sign_svid(
@@ -144,7 +169,7 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         OffsetDateTime::now_utc(),
     );
     let leaf = parse(&issued.der);
-    let workloads = parse(first.workloads().cert_der());
+    let workloads = parse(der(first.workloads()));
     leaf.verify_signature(Some(workloads.public_key()))
         .expect("leaf from reloaded hierarchy verifies under the original workloads CA");
 }
@@ -233,13 +258,13 @@ fn x509_svid_follows_the_spiffe_profile() {
     assert_eq!(sha256_hex(&issued.der), issued.sha256_hex);
 
     // Chained to the workloads CA: issuer name, AKI and signature.
-    let workloads = parse(h.workloads().cert_der());
+    let workloads = parse(der(h.workloads()));
     assert_eq!(cert.issuer(), workloads.subject());
     let workloads_ski = ski(&workloads).expect("workloads CA has a SKI");
     assert_eq!(aki(&cert), Some(workloads_ski));
     cert.verify_signature(Some(workloads.public_key()))
         .expect("signed by the workloads CA");
-    let nodes = parse(h.nodes().cert_der());
+    let nodes = parse(der(h.nodes()));
     assert!(cert.verify_signature(Some(nodes.public_key())).is_err());
 }
 
@@ -283,7 +308,7 @@ fn ttl_beyond_issuer_expiry_is_clamped() {
     assert!(issued.clamped);
     assert_eq!(issued.not_after, issuer_not_after.unix_timestamp());
     let cert = parse(&issued.der);
-    let workloads = parse(h.workloads().cert_der());
+    let workloads = parse(der(h.workloads()));
     assert_eq!(cert.validity().not_after, workloads.validity().not_after);
     assert_eq!(
         cert.validity().not_after.timestamp(),
