@@ -12,5 +12,6 @@ pub mod dev;
 pub mod identity;
 pub mod issuance;
 pub mod keys;
+pub mod policy;
 pub mod server;
 pub mod store;
