@@ -84,6 +84,7 @@ pub struct Issuance {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
     settings: IssuanceSettings,
+    revocation_urls: Option<crate::revocation::pointers::RevocationUrls>,
 }
 
 /// Parses a DER CSR and checks its self-signature (proof of possession of the key).
@@ -125,7 +126,17 @@ impl Issuance {
             store,
             ca,
             settings,
+            revocation_urls: None,
         }
+    }
+
+    /// Makes node certificates carry AIA (OCSP, caIssuers) and CDP pointing at `urls`.
+    pub fn with_revocation_urls(
+        mut self,
+        urls: crate::revocation::pointers::RevocationUrls,
+    ) -> Self {
+        self.revocation_urls = Some(urls);
+        self
     }
 
     /// The CA hierarchy.
@@ -200,8 +211,11 @@ impl Issuance {
         csr: &CertificateSigningRequestParams,
         now: OffsetDateTime,
     ) -> Result<(Issued, CertificateRecord), IssueError> {
-        let params = profiles::node(node_id)?;
+        let mut params = profiles::node(node_id)?;
         let nodes = self.ca.nodes();
+        if let Some(urls) = &self.revocation_urls {
+            urls.apply(&mut params, nodes.name())?;
+        }
         let issued = nodes.sign(params, &csr.public_key, self.settings.node_cert_ttl, now)?;
         let cert = record(nodes, PROFILE_NODE, node_id, &issued);
         Ok((issued, cert))

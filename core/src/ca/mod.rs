@@ -137,6 +137,14 @@ impl Authority {
         self.signer.algorithm()
     }
 
+    /// Signs a CRL with this CA's key (revocation publishes one per issuer).
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, CaError> {
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
     /// Signs `params` for `public_key`, valid from 10 s ago (clock skew) for `ttl`, cut at
     /// this CA's own expiry.
     pub fn sign(
