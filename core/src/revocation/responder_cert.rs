@@ -43,6 +43,8 @@ pub struct ResponderCredential {
     pub not_before: i64,
     /// Validity end, Unix seconds.
     pub not_after: i64,
+    /// When to replace it: half of the requested lifetime after issuance.
+    pub rotate_at: i64,
 }
 
 /// The profile of a delegated OCSP responder certificate for `issuer`.
@@ -77,11 +79,12 @@ impl ResponderCredential {
         store: &Store,
     ) -> Result<Self, CaError> {
         let key = Arc::new(SoftwareKey::generate(algorithm)?);
+        let now = OffsetDateTime::now_utc();
         let issued = authority.sign(
             profile(authority.name()),
             &RcgenSigner(key.as_ref()),
             ttl,
-            OffsetDateTime::now_utc(),
+            now,
         )?;
         store.record_certificate(&CertificateRecord {
             issuer: authority.name().to_string(),
@@ -108,13 +111,13 @@ impl ResponderCredential {
             serial_hex: issued.serial_hex,
             not_before: issued.not_before,
             not_after: issued.not_after,
+            rotate_at: now.unix_timestamp() + (ttl.as_secs() / 2) as i64,
         })
     }
 
     /// True once less than half of the certificate's lifetime is left: time to rotate,
     /// while responses signed with it (valid for much less) stay verifiable.
     pub fn due_for_rotation(&self, now: i64) -> bool {
-        let half = (self.not_after - self.not_before) / 2;
-        now >= self.not_after - half
+        now >= self.rotate_at
     }
 }
