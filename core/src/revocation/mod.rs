@@ -353,7 +353,7 @@ pub fn record_ca_certificates(store: &Store, ca: &Hierarchy) -> Result<(), Store
 }
 
 #[cfg(test)]
-mod tests {
+mod unit_tests {
     use super::*;
 
     #[test]
@@ -385,3 +385,6 @@ mod tests {
         assert_eq!(serial_hex_from_bytes(&[0]), "00");
     }
 }
+
+#[cfg(test)]
+mod tests;
