@@ -207,10 +207,11 @@ for alg in $ALGORITHMS; do
         read -r k_rps k50 k99 k999 <<<"$(run_ab "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$KG_DIR/req.der" "$c")"
         ratio=$(awk -v a="$k_rps" -v b="$r_rps" 'BEGIN {printf "%.1fx", a / b}')
         echo "| $alg | $c | ab, new connection per request | $r_rps | $r50 / $r99 / $r999 | $k_rps | $k50 / $k99 / $k999 | $ratio |"
+        c_last=$c
     done
     for c in $CONCURRENCY; do
         read -r k_rps k50 k99 k999 <<<"$(run_wrk "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$KG_DIR/req.der" "$c")"
-        ratio=$(awk -v a="$k_rps" -v b="$r_rps" 'BEGIN {printf "%.1fx vs ref. at 64", a / b}')
+        ratio=$(awk -v a="$k_rps" -v b="$r_rps" -v c="$c_last" 'BEGIN {printf "%.1fx (vs reference at %s)", a / b, c}')
         echo "| $alg | $c | wrk, keep-alive (KeyGrid only) | – | – | $k_rps | $k50 / $k99 / $k999 | $ratio |"
     done
     stop_reference
