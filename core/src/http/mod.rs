@@ -259,7 +259,11 @@ async fn crl_get(
 
 async fn ca_get(State(st): State<Arc<HttpState>>, Path(file): Path<String>) -> Response {
     let issuer = file.strip_suffix(".crt").unwrap_or(&file);
-    match st.ca.authorities().iter().find(|a| a.name() == issuer) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    match st.ca.active_at(issuer, now).ok() {
         Some(a) => (
             [(
                 header::CONTENT_TYPE,

@@ -69,6 +69,21 @@ impl CrlPublisher {
         }
     }
 
+    /// The CA generation that signs each issuer's CRL: the active one.
+    fn active_authorities(&self, now: i64) -> Vec<Arc<Authority>> {
+        let mut names: Vec<String> = self
+            .ca
+            .authorities()
+            .iter()
+            .map(|a| a.name().to_string())
+            .collect();
+        names.dedup();
+        names
+            .iter()
+            .filter_map(|n| self.ca.active_at(n, now).ok())
+            .collect()
+    }
+
     /// Signs and publishes a new complete CRL for `issuer`. Blocking (store, HSM).
     pub fn publish(&self, issuer: &Authority) -> Result<CrlRecord, CaError> {
         let revoked = self.store.revocations(Some(issuer.name()), 0)?;
@@ -122,7 +137,7 @@ impl CrlPublisher {
     /// validity. Blocking.
     pub fn publish_due(&self) {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        for a in self.ca.authorities() {
+        for a in self.active_authorities(now) {
             let due = match self.store.latest_crl(a.name(), false) {
                 Ok(Some(c)) => now >= c.this_update + (c.next_update - c.this_update) / 2,
                 Ok(None) => true,
@@ -132,7 +147,7 @@ impl CrlPublisher {
                 }
             };
             if due {
-                if let Err(e) = self.publish(a) {
+                if let Err(e) = self.publish(&a) {
                     tracing::error!(issuer = a.name(), error = %e, "CRL publication failed");
                 }
             }
@@ -142,15 +157,11 @@ impl CrlPublisher {
 
 impl RevocationListener for CrlPublisher {
     fn revoked(&self, rec: &RevocationRecord) {
-        let Some(a) = self
-            .ca
-            .authorities()
-            .into_iter()
-            .find(|a| a.name() == rec.issuer)
-        else {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let Ok(a) = self.ca.active_at(&rec.issuer, now) else {
             return;
         };
-        if let Err(e) = self.publish(a) {
+        if let Err(e) = self.publish(&a) {
             tracing::error!(issuer = %rec.issuer, error = %e,
                 "CRL publication after revocation failed; the scheduled run retries");
         }

@@ -266,12 +266,13 @@ impl Revoker {
     }
 
     fn resolve(&self, req: &RevokeRequest) -> Result<(String, String), RevokeError> {
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .ca
             .authorities()
             .iter()
             .map(|a| a.name().to_string())
             .collect();
+        names.dedup();
         if !req.issuer.is_empty() && !names.contains(&req.issuer) {
             return Err(RevokeError::InvalidArgument(format!(
                 "unknown issuer {:?}; issuers are {}",
@@ -340,9 +341,10 @@ pub fn record_ca_certificates(store: &Store, ca: &Hierarchy) -> Result<(), Store
             .map_err(|e| StoreError::Corrupt(format!("{} certificate: {e}", rec.name)))?;
         store.record_certificate_if_absent(&CertificateRecord {
             issuer: parent,
+            issuer_generation: rec.parent_generation.unwrap_or(1),
             serial: serial_hex_from_bytes(cert.raw_serial()),
             profile: "issuing-ca".into(),
-            subject: rec.name.clone(),
+            subject: format!("{} generation {}", rec.name, rec.generation),
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             sha256: crate::ca::sha256_hex(&rec.cert_der),

@@ -73,6 +73,7 @@ const HASHES: [(ObjectIdentifier, &aws_lc_rs::digest::Algorithm); 4] = [
 /// One issuer's identity as CertIDs name it.
 struct IssuerIndex {
     name: String,
+    generation: i64,
     /// (hash OID, issuerNameHash, issuerKeyHash) for each accepted hash.
     hashes: Vec<(ObjectIdentifier, Vec<u8>, Vec<u8>)>,
     /// The issuer's own parent and serial, to answer for leaves of a revoked CA.
@@ -98,6 +99,7 @@ impl IssuerIndex {
             .collect();
         Ok(IssuerIndex {
             name: a.name().to_string(),
+            generation: a.generation(),
             hashes,
             parent,
             own_serial: serial_hex_from_bytes(cert.raw_serial()),
@@ -260,18 +262,23 @@ impl OcspResponder {
         ca: Arc<Hierarchy>,
         settings: OcspSettings,
     ) -> Result<Self, CaError> {
-        let parents: HashMap<String, Option<String>> = store
+        let parents: HashMap<(String, i64), Option<String>> = store
             .authorities()?
             .into_iter()
-            .map(|r| (r.name, r.parent))
+            .map(|r| ((r.name, r.generation), r.parent))
             .collect();
         let mut issuers = Vec::new();
         let mut signers = Vec::new();
         for a in ca.authorities() {
-            let parent = parents.get(a.name()).cloned().flatten();
-            issuers.push(IssuerIndex::new(a, parent)?);
+            // Every generation: a certificate signed by an older one is answered by the
+            // responder that generation certified.
+            let parent = parents
+                .get(&(a.name().to_string(), a.generation()))
+                .cloned()
+                .flatten();
+            issuers.push(IssuerIndex::new(&a, parent)?);
             signers.push(Arc::new(ResponderCredential::issue(
-                a,
+                &a,
                 settings.responder_algorithm,
                 settings.responder_cert_ttl,
                 &store,
@@ -297,9 +304,9 @@ impl OcspResponder {
         })
     }
 
-    /// The current delegated responder certificate of `issuer`, DER.
+    /// The current delegated responder certificate of the newest generation of `issuer`.
     pub fn responder_cert(&self, issuer: &str) -> Option<Vec<u8>> {
-        let idx = self.issuers.iter().position(|i| i.name == issuer)?;
+        let idx = self.issuers.iter().rposition(|i| i.name == issuer)?;
         let signers = self.signers.read().ok()?;
         signers.get(idx).map(|s| s.cert_der.clone())
     }
@@ -573,14 +580,15 @@ impl OcspResponder {
 
     /// Issues a new responder certificate for issuer `idx` and re-signs its cached answers.
     pub fn rotate(&self, idx: usize) -> Result<(), CaError> {
+        let wanted = &self.issuers[idx];
         let authority = self
             .ca
-            .authorities()
+            .generations_of(&wanted.name)
             .into_iter()
-            .find(|a| a.name() == self.issuers[idx].name)
+            .find(|a| a.generation() == wanted.generation)
             .ok_or_else(|| CaError::Corrupt("issuer disappeared".into()))?;
         let fresh = Arc::new(ResponderCredential::issue(
-            authority,
+            &authority,
             self.settings.responder_algorithm,
             self.settings.responder_cert_ttl,
             &self.store,
@@ -638,15 +646,19 @@ impl OcspResponder {
     /// SHA-256 CertIDs so the next request is served from the cache.
     fn invalidate(&self, rec: &RevocationRecord) {
         self.revocation_seq.fetch_max(rec.seq, Ordering::AcqRel);
-        let Some(idx) = self.issuers.iter().position(|i| i.name == rec.issuer) else {
+        let same_name: Vec<usize> = (0..self.issuers.len())
+            .filter(|i| self.issuers[*i].name == rec.issuer)
+            .collect();
+        if same_name.is_empty() {
             return;
-        };
+        }
         let revoked_ca: Option<usize> = self.issuers.iter().position(|i| {
             i.parent.as_deref() == Some(rec.issuer.as_str()) && i.own_serial == rec.serial
         });
         if let Ok(mut c) = self.cache.write() {
             c.retain(|_, v| {
-                !((v.issuer == idx && v.serial == rec.serial) || Some(v.issuer) == revoked_ca)
+                !((same_name.contains(&v.issuer) && v.serial == rec.serial)
+                    || Some(v.issuer) == revoked_ca)
             });
         }
         let Ok(serial) = hex::decode(&rec.serial) else {
@@ -657,14 +669,26 @@ impl OcspResponder {
             reason: Reason::from_code(rec.reason).unwrap_or(Reason::Unspecified),
         };
         let now = now();
-        for oid in [OID_SHA1, OID_SHA256] {
-            let Some(id) = self.issuers[idx].cert_id(oid, &serial) else {
+        // The store knows which generation signed it; without that, pre-sign for each.
+        let generation = self
+            .store
+            .certificate(&rec.issuer, &rec.serial)
+            .ok()
+            .flatten()
+            .map(|c| c.issuer_generation);
+        for idx in same_name {
+            if generation.is_some_and(|g| g != self.issuers[idx].generation) {
                 continue;
-            };
-            let Ok(key_der) = id.to_der() else { continue };
-            if let Ok(entry) = self.sign_entry(idx, id, rec.serial.clone(), status, now) {
-                if let Ok(mut c) = self.cache.write() {
-                    c.insert((idx, key_der), Arc::new(entry));
+            }
+            for oid in [OID_SHA1, OID_SHA256] {
+                let Some(id) = self.issuers[idx].cert_id(oid, &serial) else {
+                    continue;
+                };
+                let Ok(key_der) = id.to_der() else { continue };
+                if let Ok(entry) = self.sign_entry(idx, id, rec.serial.clone(), status, now) {
+                    if let Ok(mut c) = self.cache.write() {
+                        c.insert((idx, key_der), Arc::new(entry));
+                    }
                 }
             }
         }

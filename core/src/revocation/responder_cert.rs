@@ -88,6 +88,7 @@ impl ResponderCredential {
         )?;
         store.record_certificate(&CertificateRecord {
             issuer: authority.name().to_string(),
+            issuer_generation: issued.issuer_generation,
             serial: issued.serial_hex.clone(),
             profile: PROFILE_OCSP_RESPONDER.into(),
             subject: format!("KeyGrid OCSP responder ({})", authority.name()),

@@ -167,13 +167,7 @@ pub async fn serve_standalone(
             cfg.database_path().display()
         );
     }
-    let settings = crate::ca::HierarchySettings {
-        trust_domain: cfg.trust_domain.clone(),
-        root_algorithm: cfg.ca.root_algorithm,
-        root_ttl: cfg.ca.root_ttl,
-        issuer_algorithm: cfg.ca.issuer_algorithm,
-        issuer_ttl: cfg.ca.issuer_ttl,
-    };
+    let settings = cfg.hierarchy_settings();
     let (ca, _) = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || Hierarchy::init_or_load(&store, &token, &settings))

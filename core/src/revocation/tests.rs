@@ -29,13 +29,11 @@ struct Fixture {
 fn fixture() -> Fixture {
     let store = Arc::new(Store::in_memory().unwrap());
     let keys = MemoryBackend::default();
-    let settings = HierarchySettings {
-        trust_domain: "example.org".into(),
-        root_algorithm: KeyAlgorithm::EcdsaP256,
-        root_ttl: Duration::from_secs(3600 * 24 * 30),
-        issuer_algorithm: KeyAlgorithm::EcdsaP256,
-        issuer_ttl: Duration::from_secs(3600 * 24 * 7),
-    };
+    let settings = HierarchySettings::new(
+        "example.org",
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP256,
+    );
     let (h, _) = Hierarchy::init_or_load(&store, &keys, &settings).unwrap();
     let ca = Arc::new(h);
     record_ca_certificates(&store, &ca).unwrap();
@@ -71,6 +69,7 @@ fn record(store: &Store, serial: &str) {
     store
         .record_certificate(&CertificateRecord {
             issuer: "nodes".into(),
+            issuer_generation: 1,
             serial: serial.into(),
             profile: "node".into(),
             subject: "spiffe://example.org/node".into(),
@@ -82,7 +81,8 @@ fn record(store: &Store, serial: &str) {
 }
 
 fn cert_id(ca: &Hierarchy, serial: &[u8]) -> x509_ocsp::CertId {
-    let (_, nodes) = x509_parser::parse_x509_certificate(ca.nodes().cert_der()).unwrap();
+    let nodes_ca = ca.nodes();
+    let (_, nodes) = x509_parser::parse_x509_certificate(nodes_ca.cert_der()).unwrap();
     let sha1 = |d: &[u8]| {
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, d)
             .as_ref()

@@ -152,7 +152,7 @@ impl Store {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT c.issuer, c.serial, c.profile, c.subject, c.not_before, c.not_after, c.sha256, \
-                    r.seq, r.reason, r.revoked_at \
+                    r.seq, r.reason, r.revoked_at, c.issuer_generation \
              FROM certificates c LEFT JOIN revocations r ON r.issuer = c.issuer AND r.serial = c.serial \
              WHERE (?1 = 0 OR r.seq IS NOT NULL) \
              ORDER BY c.not_before DESC, c.serial LIMIT ?2",
@@ -160,6 +160,7 @@ impl Store {
         let rows = stmt.query_map(params![revoked_only as i64, limit], |r| {
             let cert = CertificateRecord {
                 issuer: r.get(0)?,
+                issuer_generation: r.get(10)?,
                 serial: r.get(1)?,
                 profile: r.get(2)?,
                 subject: r.get(3)?,
@@ -187,9 +188,9 @@ impl Store {
     /// for CA certificates, which the hierarchy creates outside the issuance path.
     pub fn record_certificate_if_absent(&self, rec: &CertificateRecord) -> Result<(), StoreError> {
         self.conn()?.execute(
-            "INSERT OR IGNORE INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![rec.issuer, rec.serial, rec.profile, rec.subject, rec.not_before, rec.not_after, rec.sha256],
+            "INSERT OR IGNORE INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256, issuer_generation) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![rec.issuer, rec.serial, rec.profile, rec.subject, rec.not_before, rec.not_after, rec.sha256, rec.issuer_generation],
         )?;
         Ok(())
     }
@@ -257,6 +258,7 @@ mod tests {
     fn cert(issuer: &str, serial: &str) -> CertificateRecord {
         CertificateRecord {
             issuer: issuer.into(),
+            issuer_generation: 1,
             serial: serial.into(),
             profile: "node".into(),
             subject: "spiffe://example.org/node".into(),
