@@ -365,6 +365,7 @@ impl CoreConfig {
         );
         s.root_ttl = self.ca.root_ttl;
         s.issuer_ttl = self.ca.issuer_ttl;
+        s.revocation_base_url = self.http.public_base();
         s.control_plane_constraints = crate::ca::profiles::IssuerConstraints {
             uri_host: None,
             dns: self.ca.control_plane_dns.clone(),

@@ -178,6 +178,28 @@ fn openssl_sees_good_revoked_and_unknown_over_post_and_get_and_in_the_crl() {
         env.ocsp(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
 
+    // Long-lived certificates point at the responder and the CRL; the nodes CA at the root's.
+    let text_of = |f: &str| env.openssl(&["x509", "-in", f, "-noout", "-text"]);
+    let leaf_text = text_of(&leaf);
+    for want in [
+        format!("OCSP - URI:{}/ocsp", env.url),
+        format!("CA Issuers - URI:{}/ca/nodes.crt", env.url),
+        format!("URI:{}/crl/nodes.crl", env.url),
+    ] {
+        assert!(
+            leaf_text.contains(&want),
+            "node certificate lacks {want}:\n{leaf_text}"
+        );
+    }
+    let ca_text = text_of(&issuer);
+    for want in [
+        format!("OCSP - URI:{}/ocsp", env.url),
+        format!("CA Issuers - URI:{}/ca/root.crt", env.url),
+        format!("URI:{}/crl/root.crl", env.url),
+    ] {
+        assert!(ca_text.contains(&want), "nodes CA lacks {want}:\n{ca_text}");
+    }
+
     // good: SHA-1 and SHA-256 CertIDs, with and without a nonce, over POST.
     let out = ocsp(&["-cert", &leaf]);
     assert_verified(&out, "leaf.pem: good");
