@@ -33,6 +33,7 @@ pub struct CrlPublisher {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
     settings: CrlSettings,
+    known_authorities: std::sync::atomic::AtomicUsize,
 }
 
 fn rcgen_reason(r: Reason) -> Option<RevocationReason> {
@@ -66,6 +67,7 @@ impl CrlPublisher {
             store,
             ca,
             settings,
+            known_authorities: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -137,6 +139,17 @@ impl CrlPublisher {
     /// validity. Blocking.
     pub fn publish_due(&self) {
         let now = OffsetDateTime::now_utc().unix_timestamp();
+        // A CA generation created by a rotation becomes revocable like the others.
+        let count = self.ca.authorities().len();
+        if self
+            .known_authorities
+            .swap(count, std::sync::atomic::Ordering::AcqRel)
+            != count
+        {
+            if let Err(e) = super::record_ca_certificates(&self.store, &self.ca) {
+                tracing::error!(error = %e, "cannot record new CA certificates");
+            }
+        }
         for a in self.active_authorities(now) {
             let due = match self.store.latest_crl(a.name(), false) {
                 Ok(Some(c)) => now >= c.this_update + (c.next_update - c.this_update) / 2,

@@ -71,6 +71,7 @@ const HASHES: [(ObjectIdentifier, &aws_lc_rs::digest::Algorithm); 4] = [
 ];
 
 /// One issuer's identity as CertIDs name it.
+#[derive(Clone)]
 struct IssuerIndex {
     name: String,
     generation: i64,
@@ -186,7 +187,8 @@ pub struct OcspResponder {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
     settings: OcspSettings,
-    issuers: Vec<IssuerIndex>,
+    /// Append-only (new CA generations are added), so an index stays valid.
+    issuers: RwLock<Arc<Vec<IssuerIndex>>>,
     signers: RwLock<Vec<Arc<ResponderCredential>>>,
     cache: RwLock<HashMap<CacheKey, Arc<Cached>>>,
     revocation_seq: AtomicI64,
@@ -297,16 +299,77 @@ impl OcspResponder {
             store,
             ca,
             settings,
-            issuers,
+            issuers: RwLock::new(Arc::new(issuers)),
             signers: RwLock::new(signers),
             cache: RwLock::new(HashMap::new()),
             revocation_seq: AtomicI64::new(seq),
         })
     }
 
+    fn issuers(&self) -> Arc<Vec<IssuerIndex>> {
+        self.issuers
+            .read()
+            .map(|i| i.clone())
+            .unwrap_or_else(|_| Arc::new(Vec::new()))
+    }
+
+    /// Starts answering for CA generations created since start (a `keygrid ca rotate` in
+    /// this process): certifies a responder for each and adds it.
+    fn adopt_new_generations(&self) -> Result<(), CaError> {
+        let known: std::collections::HashSet<(String, i64)> = self
+            .issuers()
+            .iter()
+            .map(|i| (i.name.clone(), i.generation))
+            .collect();
+        let fresh: Vec<_> = self
+            .ca
+            .authorities()
+            .into_iter()
+            .filter(|a| !known.contains(&(a.name().to_string(), a.generation())))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let parents: HashMap<(String, i64), Option<String>> = self
+            .store
+            .authorities()?
+            .into_iter()
+            .map(|r| ((r.name, r.generation), r.parent))
+            .collect();
+        for a in fresh {
+            let parent = parents
+                .get(&(a.name().to_string(), a.generation()))
+                .cloned()
+                .flatten();
+            let index = IssuerIndex::new(&a, parent)?;
+            let signer = Arc::new(ResponderCredential::issue(
+                &a,
+                self.settings.responder_algorithm,
+                self.settings.responder_cert_ttl,
+                &self.store,
+            )?);
+            tracing::info!(issuer = a.name(), generation = a.generation(),
+                serial = %signer.serial_hex, "OCSP responder certificate issued for a new CA generation");
+            // Signer first: an issuer index found by a request always has its signer.
+            let mut signers = self
+                .signers
+                .write()
+                .map_err(|_| CaError::Corrupt("lock".into()))?;
+            let mut issuers = self
+                .issuers
+                .write()
+                .map_err(|_| CaError::Corrupt("lock".into()))?;
+            signers.push(signer);
+            let mut next = issuers.as_ref().clone();
+            next.push(index);
+            *issuers = Arc::new(next);
+        }
+        Ok(())
+    }
+
     /// The current delegated responder certificate of the newest generation of `issuer`.
     pub fn responder_cert(&self, issuer: &str) -> Option<Vec<u8>> {
-        let idx = self.issuers.iter().rposition(|i| i.name == issuer)?;
+        let idx = self.issuers().iter().rposition(|i| i.name == issuer)?;
         let signers = self.signers.read().ok()?;
         signers.get(idx).map(|s| s.cert_der.clone())
     }
@@ -339,11 +402,11 @@ impl OcspResponder {
                 return Err(Refusal::Malformed);
             }
         }
+        let issuers = self.issuers();
         let mut issuer = None;
         let mut cert_ids = Vec::with_capacity(list.len());
         for r in list {
-            let idx = self
-                .issuers
+            let idx = issuers
                 .iter()
                 .position(|i| i.matches(&r.req_cert))
                 .ok_or(Refusal::Unauthorized)?;
@@ -426,7 +489,8 @@ impl OcspResponder {
 
     /// The status of `serial` under issuer `idx`, from the store.
     fn status(&self, idx: usize, serial: &str) -> Result<CertStatus, Refusal> {
-        let issuer = &self.issuers[idx];
+        let issuers = self.issuers();
+        let issuer = issuers.get(idx).ok_or(Refusal::Internal)?;
         if self.store.certificate(&issuer.name, serial)?.is_none() {
             return Ok(CertStatus::Unknown);
         }
@@ -559,6 +623,9 @@ impl OcspResponder {
             }
             Err(e) => tracing::error!(error = %e, "cannot read new revocations"),
         }
+        if let Err(e) = self.adopt_new_generations() {
+            tracing::error!(error = %e, "cannot add new CA generations to the OCSP responder");
+        }
         let now = now();
         let due: Vec<usize> = match self.signers.read() {
             Ok(s) => s
@@ -571,7 +638,7 @@ impl OcspResponder {
         };
         for idx in due {
             if let Err(e) = self.rotate(idx) {
-                tracing::error!(issuer = %self.issuers[idx].name, error = %e,
+                tracing::error!(issuer = %self.issuers().get(idx).map(|i| i.name.clone()).unwrap_or_default(), error = %e,
                     "OCSP responder certificate rotation failed; retrying at the next tick");
             }
         }
@@ -580,7 +647,10 @@ impl OcspResponder {
 
     /// Issues a new responder certificate for issuer `idx` and re-signs its cached answers.
     pub fn rotate(&self, idx: usize) -> Result<(), CaError> {
-        let wanted = &self.issuers[idx];
+        let issuers = self.issuers();
+        let wanted = issuers
+            .get(idx)
+            .ok_or_else(|| CaError::Corrupt("no such responder".into()))?;
         let authority = self
             .ca
             .generations_of(&wanted.name)
@@ -646,13 +716,14 @@ impl OcspResponder {
     /// SHA-256 CertIDs so the next request is served from the cache.
     fn invalidate(&self, rec: &RevocationRecord) {
         self.revocation_seq.fetch_max(rec.seq, Ordering::AcqRel);
-        let same_name: Vec<usize> = (0..self.issuers.len())
-            .filter(|i| self.issuers[*i].name == rec.issuer)
+        let issuers = self.issuers();
+        let same_name: Vec<usize> = (0..issuers.len())
+            .filter(|i| issuers[*i].name == rec.issuer)
             .collect();
         if same_name.is_empty() {
             return;
         }
-        let revoked_ca: Option<usize> = self.issuers.iter().position(|i| {
+        let revoked_ca: Option<usize> = issuers.iter().position(|i| {
             i.parent.as_deref() == Some(rec.issuer.as_str()) && i.own_serial == rec.serial
         });
         if let Ok(mut c) = self.cache.write() {
@@ -677,11 +748,11 @@ impl OcspResponder {
             .flatten()
             .map(|c| c.issuer_generation);
         for idx in same_name {
-            if generation.is_some_and(|g| g != self.issuers[idx].generation) {
+            if generation.is_some_and(|g| g != issuers[idx].generation) {
                 continue;
             }
             for oid in [OID_SHA1, OID_SHA256] {
-                let Some(id) = self.issuers[idx].cert_id(oid, &serial) else {
+                let Some(id) = issuers[idx].cert_id(oid, &serial) else {
                     continue;
                 };
                 let Ok(key_der) = id.to_der() else { continue };

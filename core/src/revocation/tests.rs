@@ -20,6 +20,7 @@ use crate::keys::KeyAlgorithm;
 use crate::store::CertificateRecord;
 
 struct Fixture {
+    keys: MemoryBackend,
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
     responder: Arc<OcspResponder>,
@@ -58,6 +59,7 @@ fn fixture() -> Fixture {
     ));
     let revoker = Revoker::new(store.clone(), ca.clone(), vec![crls, responder.clone()]);
     Fixture {
+        keys,
         store,
         ca,
         responder,
@@ -280,4 +282,41 @@ fn unknown_serial_cannot_be_revoked_and_nothing_is_written() {
         .unwrap_err();
     assert!(matches!(err, RevokeError::NotFound(_)), "{err}");
     assert!(f.store.revocations(None, 0).unwrap().is_empty());
+}
+
+#[test]
+fn a_rotated_ca_generation_gets_its_own_responder() {
+    let f = fixture();
+    let created =
+        f.ca.rotate(
+            &f.store,
+            &f.keys,
+            "nodes",
+            Duration::from_secs(0),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let new_nodes = created.iter().find(|a| a.name() == "nodes").unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(new_nodes.cert_der()).unwrap();
+    let sha1 = |d: &[u8]| {
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, d)
+            .as_ref()
+            .to_vec()
+    };
+    let mut id = cert_id(&f.ca, &[0x44; 16]);
+    id.issuer_name_hash = OctetString::new(sha1(cert.subject().as_raw())).unwrap();
+    id.issuer_key_hash =
+        OctetString::new(sha1(&cert.public_key().subject_public_key.data)).unwrap();
+    let req = request(vec![id], None);
+    assert_eq!(
+        error_status(&f.responder.answer(&req).der),
+        OcspResponseStatus::Unauthorized,
+        "unknown generation before upkeep"
+    );
+    f.responder.maintain();
+    let a = f.responder.answer(&req);
+    assert!(matches!(
+        status(&decode(&a.der)),
+        x509_ocsp::CertStatus::Unknown(_)
+    ));
 }
