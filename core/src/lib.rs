@@ -13,6 +13,7 @@ pub mod http;
 pub mod identity;
 pub mod issuance;
 pub mod keys;
+pub mod policy;
 pub mod revocation;
 pub mod server;
 pub mod store;

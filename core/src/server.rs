@@ -124,6 +124,7 @@ pub async fn run(
     let mut issuance = Issuance::new(
         store.clone(),
         hierarchy.clone(),
+        cfg.compiled_policy(),
         IssuanceSettings {
             default_svid_ttl: cfg.workloads.default_svid_ttl,
             max_svid_ttl: cfg.workloads.max_svid_ttl,
