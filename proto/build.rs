@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/keygrid/v1/node.proto",
             "proto/keygrid/v1/admin.proto",
+            "proto/keygrid/v1/upstream.proto",
             "proto/spiffe/workload.proto",
             "proto/goplugin/grpc_broker.proto",
             "proto/goplugin/grpc_controller.proto",
