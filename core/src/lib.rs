@@ -13,4 +13,5 @@ pub mod identity;
 pub mod issuance;
 pub mod keys;
 pub mod server;
+pub mod spire_credential;
 pub mod store;
