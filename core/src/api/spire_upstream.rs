@@ -24,7 +24,7 @@ use x509_parser::public_key::PublicKey;
 
 use super::admin::authorize_peer;
 use super::blocking;
-use crate::ca::{profiles, Authority, Hierarchy, Issued};
+use crate::ca::{profiles, Authority, Hierarchy, Issued, NODES};
 use crate::issuance::{IssueError, MAX_CSR_BYTES};
 use crate::store::{CertificateRecord, Store};
 
@@ -43,9 +43,8 @@ pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600)
 pub const MIN_RSA_BITS: usize = 2048;
 
 /// The issuer that signs SPIRE servers' CAs.
-fn spire_issuer(ca: &Hierarchy) -> &Authority {
-    // TEMPORARY until the spire-upstream issuer lands on main.
-    ca.workloads()
+fn spire_issuer(ca: &Hierarchy) -> Arc<Authority> {
+    ca.spire_upstream()
 }
 
 /// A CA certificate just minted for a SPIRE server.
@@ -189,6 +188,7 @@ fn csr_uris(csr: &x509_parser::certification_request::X509CertificationRequest<'
 fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> CertificateRecord {
     CertificateRecord {
         issuer: issuer.name().to_string(),
+        issuer_generation: issued.issuer_generation,
         serial: issued.serial_hex.clone(),
         profile: profile.to_string(),
         subject: subject.to_string(),
@@ -231,7 +231,7 @@ impl SpireUpstream {
         let nodes = self.ca.nodes();
         let issued = nodes.sign(params, &csr.public_key, ttl, OffsetDateTime::now_utc())?;
         self.store.record_certificate(&record(
-            nodes,
+            &nodes,
             PROFILE_SPIRE_SERVER,
             spire_server_id,
             &issued,
@@ -252,10 +252,13 @@ impl SpireUpstream {
         };
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
             .map_err(|_| denied("certificate does not parse"))?;
-        let nodes = self.ca.nodes();
-        let (_, nodes_ca) = x509_parser::parse_x509_certificate(nodes.cert_der())
-            .map_err(|_| IssueError::Internal)?;
-        if leaf.issuer().as_raw() != nodes_ca.subject().as_raw() {
+        // Any generation of the nodes CA: a credential outlives a nodes CA rotation.
+        let from_nodes_ca = self.ca.generations_of(NODES).iter().any(|ca| {
+            x509_parser::parse_x509_certificate(ca.cert_der())
+                .map(|(_, c)| c.subject().as_raw() == leaf.issuer().as_raw())
+                .unwrap_or(false)
+        });
+        if !from_nodes_ca {
             return Err(denied("not issued by KeyGrid's nodes CA"));
         }
         let id = leaf
@@ -272,7 +275,7 @@ impl SpireUpstream {
         let serial = hex::encode(leaf.raw_serial());
         let rec = self
             .store
-            .certificate(nodes.name(), &serial)?
+            .certificate(NODES, &serial)?
             .ok_or_else(|| denied("unknown certificate"))?;
         if rec.profile != PROFILE_SPIRE_SERVER || rec.subject != id {
             return Err(denied("certificate was not issued to a SPIRE server"));
@@ -307,7 +310,7 @@ impl SpireUpstream {
         let issuer = spire_issuer(&self.ca);
         let issued = issuer.sign(params, &public_key, ttl, OffsetDateTime::now_utc())?;
         self.store.record_certificate(&record(
-            issuer,
+            &issuer,
             PROFILE_SPIRE_INTERMEDIATE,
             caller,
             &issued,
@@ -327,14 +330,15 @@ fn spire_ca_params(
     trust_domain: &str,
     caller: &str,
 ) -> Result<rcgen::CertificateParams, IssueError> {
-    // TEMPORARY until profiles::spire_intermediate lands on main.
+    // An issuing-CA profile with pathLen 0 and no name constraints of its own (the
+    // spire-upstream issuer above it carries the trust domain's URI constraint).
     let name = caller.rsplit('/').next().unwrap_or("spire");
-    let mut p = profiles::issuing_ca(
+    Ok(profiles::issuing_ca(
         &format!("spiffe://{trust_domain}"),
-        &format!("SPIRE {name}"),
-    )?;
-    p.use_authority_key_identifier_extension = true;
-    Ok(p)
+        &format!("SPIRE server {name}"),
+        0,
+        &profiles::IssuerConstraints::default(),
+    )?)
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
@@ -402,14 +406,15 @@ impl pb::spire_upstream_server::SpireUpstream for SpireUpstreamApi {
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         self.caller(&req).await?;
         let trust_domain = self.ca.trust_domain().to_string();
-        // TEMPORARY until bundle subscriptions land on main: the current bundle, then
-        // the stream stays open.
-        let first = pb::Bundle {
-            trust_domain,
-            x509_authorities: self.ca.bundle(),
-            sequence: 1,
-        };
-        let stream = futures::stream::iter([Ok(first)]).chain(futures::stream::pending());
+        // The watch yields the current bundle first, then each new one.
+        let rx = self.ca.subscribe_bundle();
+        let stream = tokio_stream::wrappers::WatchStream::new(rx).map(move |snap| {
+            Ok(pb::Bundle {
+                trust_domain: trust_domain.clone(),
+                x509_authorities: snap.roots.clone(),
+                sequence: snap.sequence.max(0) as u64,
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
