@@ -105,8 +105,15 @@ impl DevEnv {
 
     /// Starts `keygrid dev` in an existing data directory (to test restarts).
     pub fn start_in(dir: tempfile::TempDir, svid_ttl: &str) -> Self {
-        softhsm_module();
         let listen = format!("127.0.0.1:{}", free_port());
+        Self::start_at(dir, &listen, svid_ttl)
+    }
+
+    /// Starts `keygrid dev` in `dir` with core listening on `listen` (to restart core at
+    /// the address its clients are configured with).
+    pub fn start_at(dir: tempfile::TempDir, listen: &str, svid_ttl: &str) -> Self {
+        softhsm_module();
+        let listen = listen.to_string();
         let trust_domain = "example.org".to_string();
         let log = std::fs::File::create(dir.path().join("dev.log")).expect("log file");
         let child = Command::new(bin("keygrid"))
