@@ -389,7 +389,10 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
             .into_iter()
             .map(|p| p.into_contents())
             .collect();
-    assert_eq!(spire_roots, keygrid_roots, "SPIRE's bundle is KeyGrid's root");
+    assert_eq!(
+        spire_roots, keygrid_roots,
+        "SPIRE's bundle is KeyGrid's root"
+    );
     let first_records = spire_intermediates(&env);
     assert_eq!(first_records.len(), 1, "one SPIRE CA minted at start");
     assert_eq!(
@@ -398,7 +401,12 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
     );
 
     // A SPIRE agent joins with a join token and serves an SVID to this process.
-    let out = server.cli(&["token", "generate", "-spiffeID", "spiffe://example.org/agent1"]);
+    let out = server.cli(&[
+        "token",
+        "generate",
+        "-spiffeID",
+        "spiffe://example.org/agent1",
+    ]);
     assert!(out.status.success(), "token generate: {out:?}");
     let token = String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -437,7 +445,10 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
     let inter: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
     openssl_verify(verify_dir.path(), &chain[0], &inter, &roots_pem);
     let first_ca = serial_hex(&chain[1]);
-    assert_eq!(first_ca, first_records[0].0, "the SVID's CA is the one KeyGrid recorded");
+    assert_eq!(
+        first_ca, first_records[0].0,
+        "the SVID's CA is the one KeyGrid recorded"
+    );
 
     // SPIRE rotates its CA through the plugin; every new CA is recorded by KeyGrid, and
     // SVIDs issued under the new CA still verify against the KeyGrid root.
@@ -506,7 +517,10 @@ fn spire_keeps_serving_while_core_is_down_and_recovers() {
         Duration::from_secs(60),
         || server.log().contains("is unreachable"),
     );
-    assert!(server.cli(&["healthcheck"]).status.success(), "SPIRE still healthy");
+    assert!(
+        server.cli(&["healthcheck"]).status.success(),
+        "SPIRE still healthy"
+    );
     check_svid(&server);
     assert!(
         server.child.as_mut().unwrap().try_wait().unwrap().is_none(),
@@ -538,7 +552,10 @@ fn refusals_and_config_errors_reach_spire_log() {
         "KeyGrid's reason in SPIRE's log:\n{log}"
     );
     assert!(log.contains("PermissionDenied"), "{log}");
-    assert!(spire_intermediates(&env).is_empty(), "nothing recorded on refusal");
+    assert!(
+        spire_intermediates(&env).is_empty(),
+        "nothing recorded on refusal"
+    );
 
     // A configuration error is a clear message from the plugin, not a crash.
     let bad = plugin_data(&env, &cred).replace("client_key_path", "client_keypath");

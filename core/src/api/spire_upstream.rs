@@ -542,4 +542,115 @@ mod tests {
             "{e:?}"
         );
     }
+
+    mod service {
+        use super::super::*;
+        use crate::ca::HierarchySettings;
+        use crate::keys::software::MemoryBackend;
+        use crate::keys::KeyAlgorithm;
+
+        const SERVER: &str = "spiffe://example.org/spire/server/s1";
+
+        fn setup() -> (SpireUpstream, Arc<Store>) {
+            let store = Arc::new(Store::in_memory().unwrap());
+            let keys = MemoryBackend::default();
+            let settings = HierarchySettings::new(
+                "example.org",
+                KeyAlgorithm::EcdsaP256,
+                KeyAlgorithm::EcdsaP256,
+            );
+            let (h, _) = Hierarchy::init_or_load(&store, &keys, &settings).unwrap();
+            (SpireUpstream::new(store.clone(), Arc::new(h)), store)
+        }
+
+        fn csr(alg: &'static rcgen::SignatureAlgorithm, uri: Option<&str>) -> Vec<u8> {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            if let Some(u) = uri {
+                p.subject_alt_names = vec![rcgen::SanType::URI(u.try_into().unwrap())];
+            }
+            p.serialize_request(&key).unwrap().der().to_vec()
+        }
+
+        fn count(store: &Store) -> i64 {
+            store.certificate_count().unwrap()
+        }
+
+        #[test]
+        fn credential_authenticates_and_mint_records_the_ca() {
+            let (svc, store) = setup();
+            let cred = svc
+                .issue_credential(
+                    SERVER,
+                    &csr(&rcgen::PKCS_ECDSA_P256_SHA256, Some(SERVER)),
+                    DEFAULT_CREDENTIAL_TTL,
+                )
+                .unwrap();
+            assert_eq!(svc.authenticate(&cred.chain[0]).unwrap(), SERVER);
+
+            let before = count(&store);
+            let minted = svc
+                .mint_ca(
+                    SERVER,
+                    &csr(&rcgen::PKCS_ECDSA_P384_SHA384, Some("spiffe://example.org")),
+                    120,
+                )
+                .unwrap();
+            assert_eq!(count(&store), before + 1);
+            assert_eq!(minted.chain.len(), 2);
+            let (_, ca) = x509_parser::parse_x509_certificate(&minted.chain[0]).unwrap();
+            let bc = ca.basic_constraints().unwrap().unwrap().value;
+            assert!(bc.ca && bc.path_len_constraint == Some(0));
+            let ku = ca.key_usage().unwrap().unwrap().value;
+            assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+            let life = ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp();
+            assert_eq!(life, 120 + 10, "requested TTL plus the 10 s back-dating");
+            let rec = store
+                .certificate(crate::ca::SPIRE_UPSTREAM, &hex::encode(ca.raw_serial()))
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec.profile, PROFILE_SPIRE_INTERMEDIATE);
+            assert_eq!(rec.subject, SERVER);
+        }
+
+        #[test]
+        fn refusals_write_nothing() {
+            let (svc, store) = setup();
+            let before = count(&store);
+            let cases = [
+                csr(&rcgen::PKCS_ECDSA_P256_SHA256, Some("spiffe://other.org")),
+                csr(&rcgen::PKCS_ED25519, Some("spiffe://example.org")),
+                csr(&rcgen::PKCS_ECDSA_P256_SHA256, None),
+                vec![0x30, 0x03, 0x02, 0x01, 0x00],
+                Vec::new(),
+            ];
+            for der in cases {
+                assert!(svc.mint_ca(SERVER, &der, 60).is_err());
+            }
+            assert_eq!(count(&store), before, "no record for a refusal");
+        }
+
+        #[test]
+        fn other_certificates_do_not_authenticate() {
+            let (svc, _) = setup();
+            // A certificate the store does not know, even with a matching name.
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::default();
+            p.subject_alt_names = vec![rcgen::SanType::URI(SERVER.try_into().unwrap())];
+            let stranger = p.self_signed(&key).unwrap();
+            assert!(matches!(
+                svc.authenticate(stranger.der()),
+                Err(IssueError::PermissionDenied(_))
+            ));
+            assert!(svc.authenticate(b"junk").is_err());
+            // A credential request for a non-SPIRE identity is refused.
+            assert!(svc
+                .issue_credential(
+                    "spiffe://example.org/agent1",
+                    &csr(&rcgen::PKCS_ECDSA_P256_SHA256, None),
+                    DEFAULT_CREDENTIAL_TTL
+                )
+                .is_err());
+        }
+    }
 }
