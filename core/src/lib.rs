@@ -12,6 +12,7 @@ pub mod dev;
 pub mod identity;
 pub mod issuance;
 pub mod keys;
+pub mod policy;
 pub mod server;
 pub mod spire_credential;
 pub mod store;

@@ -45,6 +45,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Explain what the configured policy decides for a CSR, without issuing anything.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage join tokens for node attestation.
     Token {
         #[command(subcommand)]
@@ -150,6 +155,37 @@ enum EntryCommand {
         /// Entry ID.
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a CSR (PEM or DER) against the `[[policy]]` rules of a core configuration.
+    /// Exits 0 when allowed, 1 when refused.
+    Check {
+        /// The CSR file.
+        csr: PathBuf,
+        /// Core configuration holding the policy.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Profile to check against (x509-svid, node, kubelet-client, ...).
+        #[arg(long, default_value = "x509-svid")]
+        profile: String,
+        /// SPIFFE ID the certificate would carry.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// DNS name the certificate would carry (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// IP address the certificate would carry (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Requested lifetime.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How the requester attested (join_token, tpm, admin).
+        #[arg(long, default_value = "join_token")]
+        attestation: String,
     },
 }
 
@@ -291,6 +327,61 @@ fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `keygrid policy check`: parse, verify the CSR's self-signature, evaluate, explain.
+fn policy_check(cmd: PolicyCommand) -> anyhow::Result<bool> {
+    let PolicyCommand::Check {
+        csr,
+        config,
+        profile,
+        spiffe_id,
+        dns_names,
+        ips,
+        ttl,
+        attestation,
+    } = cmd;
+    let cfg = CoreConfig::load(&config)?;
+    let raw = std::fs::read(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+    let der = match pem::parse(&raw) {
+        Ok(p) if p.tag() == "CERTIFICATE REQUEST" || p.tag() == "NEW CERTIFICATE REQUEST" => {
+            p.into_contents()
+        }
+        Ok(p) => anyhow::bail!(
+            "{} holds a PEM {:?}, not a CERTIFICATE REQUEST",
+            csr.display(),
+            p.tag()
+        ),
+        Err(_) => raw,
+    };
+    rcgen::CertificateSigningRequestParams::from_der(&der.clone().into())
+        .map_err(|e| anyhow::anyhow!("{}: CSR rejected: {e}", csr.display()))?;
+    let key = keygrid_core::policy::csr_key_info(&der).map_err(anyhow::Error::msg)?;
+    println!("key: {}", key.name());
+    let decision = cfg
+        .compiled_policy()
+        .check(&keygrid_core::policy::PolicyRequest {
+            profile,
+            key: Some(key),
+            ttl,
+            spiffe_id,
+            dns_names,
+            ips,
+            attestation,
+        });
+    match decision {
+        keygrid_core::policy::Decision::Allow { ttl, notes } => {
+            println!("allowed, lifetime {}", humantime::format_duration(ttl));
+            for n in notes {
+                println!("  note: {n}");
+            }
+            Ok(true)
+        }
+        keygrid_core::policy::Decision::Refuse { rule, reason } => {
+            println!("refused by rule {rule}: {reason}");
+            Ok(false)
+        }
+    }
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
 }
@@ -426,7 +517,9 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
             println!("bundle:      {}", written.bundle.display());
             println!("expires:     {}", written.expires_at);
         }
-        Command::Serve { .. } | Command::Dev(_) => unreachable!("handled in main"),
+        Command::Serve { .. } | Command::Dev(_) | Command::Policy { .. } => {
+            unreachable!("handled in run")
+        }
     }
     Ok(())
 }
@@ -447,6 +540,13 @@ async fn shutdown_signal() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Policy { command } = cli.command {
+        return if policy_check(command)? {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the policy refuses this request"))
+        };
+    }
     if let Command::Ca {
         command: CaCommand::Init,
         admin,

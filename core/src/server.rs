@@ -123,6 +123,7 @@ pub async fn run(
     let issuance = Arc::new(Issuance::new(
         store.clone(),
         hierarchy.clone(),
+        cfg.compiled_policy(),
         IssuanceSettings {
             default_svid_ttl: cfg.workloads.default_svid_ttl,
             max_svid_ttl: cfg.workloads.max_svid_ttl,
@@ -183,7 +184,11 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let spire = Arc::new(SpireUpstream::new(store.clone(), hierarchy.clone()));
+    let spire = Arc::new(SpireUpstream::new(
+        store.clone(),
+        hierarchy.clone(),
+        issuance.clone(),
+    ));
     let node_server = tonic::transport::Server::builder()
         .add_service(NodeServer::new(NodeApi::new(issuance.clone())))
         .add_service(SpireUpstreamServer::new(SpireUpstreamApi::new(

@@ -25,7 +25,8 @@ use x509_parser::public_key::PublicKey;
 use super::admin::authorize_peer;
 use super::blocking;
 use crate::ca::{profiles, Authority, Hierarchy, Issued, NODES};
-use crate::issuance::{IssueError, MAX_CSR_BYTES};
+use crate::issuance::{Issuance, IssueError, MAX_CSR_BYTES};
+use crate::policy::{csr_key_info, PolicyRequest};
 use crate::store::{CertificateRecord, Store};
 
 /// Store profile of a SPIRE server's client credential for this API.
@@ -202,12 +203,18 @@ fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> 
 pub struct SpireUpstream {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
+    /// For the configured `[[policy]]` rules, which apply to `spire-intermediate` too.
+    issuance: Arc<Issuance>,
 }
 
 impl SpireUpstream {
     /// Creates the service.
-    pub fn new(store: Arc<Store>, ca: Arc<Hierarchy>) -> Self {
-        SpireUpstream { store, ca }
+    pub fn new(store: Arc<Store>, ca: Arc<Hierarchy>, issuance: Arc<Issuance>) -> Self {
+        SpireUpstream {
+            store,
+            ca,
+            issuance,
+        }
     }
 
     /// Issues a SPIRE server's client credential (signed by the nodes CA, client
@@ -305,8 +312,34 @@ impl SpireUpstream {
             csr.certification_request_info.subject_pki.raw,
         )
         .map_err(|e| IssueError::InvalidArgument(format!("CSR public key not usable: {e}")))?;
-        let ttl = granted_ttl(preferred_ttl_seconds);
-        let params = spire_ca_params(td, caller)?;
+        let td_id = format!("spiffe://{td}");
+        // Fleet-wide `[[policy]]` rules apply on top of the baseline above.
+        let key_info = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
+        let ttl = self.issuance.apply_policy(
+            caller,
+            &td_id,
+            &PolicyRequest {
+                profile: PROFILE_SPIRE_INTERMEDIATE.into(),
+                key: Some(key_info),
+                ttl: granted_ttl(preferred_ttl_seconds),
+                spiffe_id: Some(td_id.clone()),
+                attestation: "admin".into(),
+                ..Default::default()
+            },
+        )?;
+        let params = profiles::profile(PROFILE_SPIRE_INTERMEDIATE)
+            .ok_or(IssueError::Internal)?
+            .build(
+                &td_id,
+                &profiles::LeafRequest {
+                    common_name: Some(format!(
+                        "SPIRE server CA {}",
+                        caller.rsplit('/').next().unwrap_or("")
+                    )),
+                    spiffe_id: Some(td_id.clone()),
+                    ..Default::default()
+                },
+            )?;
         let issuer = spire_issuer(&self.ca);
         let issued = issuer.sign(params, &public_key, ttl, OffsetDateTime::now_utc())?;
         self.store.record_certificate(&record(
@@ -322,23 +355,6 @@ impl SpireUpstream {
             roots: self.ca.bundle(),
         })
     }
-}
-
-/// The SPIRE CA profile: CA:TRUE pathLen 0, keyCertSign/cRLSign, URI SAN of the trust
-/// domain.
-fn spire_ca_params(
-    trust_domain: &str,
-    caller: &str,
-) -> Result<rcgen::CertificateParams, IssueError> {
-    // An issuing-CA profile with pathLen 0 and no name constraints of its own (the
-    // spire-upstream issuer above it carries the trust domain's URI constraint).
-    let name = caller.rsplit('/').next().unwrap_or("spire");
-    Ok(profiles::issuing_ca(
-        &format!("spiffe://{trust_domain}"),
-        &format!("SPIRE server {name}"),
-        0,
-        &profiles::IssuerConstraints::default(),
-    )?)
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send>>;
@@ -552,6 +568,10 @@ mod tests {
         const SERVER: &str = "spiffe://example.org/spire/server/s1";
 
         fn setup() -> (SpireUpstream, Arc<Store>) {
+            setup_with(crate::policy::Policy::default())
+        }
+
+        fn setup_with(policy: crate::policy::Policy) -> (SpireUpstream, Arc<Store>) {
             let store = Arc::new(Store::in_memory().unwrap());
             let keys = MemoryBackend::default();
             let settings = HierarchySettings::new(
@@ -560,7 +580,18 @@ mod tests {
                 KeyAlgorithm::EcdsaP256,
             );
             let (h, _) = Hierarchy::init_or_load(&store, &keys, &settings).unwrap();
-            (SpireUpstream::new(store.clone(), Arc::new(h)), store)
+            let h = Arc::new(h);
+            let issuance = Arc::new(Issuance::new(
+                store.clone(),
+                h.clone(),
+                policy,
+                crate::issuance::IssuanceSettings {
+                    default_svid_ttl: Duration::from_secs(300),
+                    max_svid_ttl: Duration::from_secs(3600),
+                    node_cert_ttl: Duration::from_secs(3600),
+                },
+            ));
+            (SpireUpstream::new(store.clone(), h, issuance), store)
         }
 
         fn csr(alg: &'static rcgen::SignatureAlgorithm, uri: Option<&str>) -> Vec<u8> {
@@ -611,6 +642,38 @@ mod tests {
                 .unwrap();
             assert_eq!(rec.profile, PROFILE_SPIRE_INTERMEDIATE);
             assert_eq!(rec.subject, SERVER);
+        }
+
+        #[test]
+        fn configured_policy_rules_govern_spire_cas() {
+            let rule: crate::policy::PolicyRule = toml::from_str(
+                "name = \"spire-keys\"\nprofiles = [\"spire-intermediate\"]\nallowed_keys = [\"ecdsa-p256\"]\nmax_ttl = \"1m\"",
+            )
+            .unwrap();
+            let (svc, store) = setup_with(crate::policy::Policy::new(vec![rule]).unwrap());
+            let before = count(&store);
+            let err = svc
+                .mint_ca(
+                    SERVER,
+                    &csr(&rcgen::PKCS_ECDSA_P384_SHA384, Some("spiffe://example.org")),
+                    120,
+                )
+                .unwrap_err();
+            match err {
+                IssueError::PermissionDenied(m) => assert!(m.contains("spire-keys"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(count(&store), before);
+            let minted = svc
+                .mint_ca(
+                    SERVER,
+                    &csr(&rcgen::PKCS_ECDSA_P256_SHA256, Some("spiffe://example.org")),
+                    120,
+                )
+                .unwrap();
+            let (_, ca) = x509_parser::parse_x509_certificate(&minted.chain[0]).unwrap();
+            let life = ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp();
+            assert_eq!(life, 60 + 10, "lifetime cut to the rule's max_ttl");
         }
 
         #[test]
