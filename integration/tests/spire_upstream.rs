@@ -450,6 +450,45 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
         "the SVID's CA is the one KeyGrid recorded"
     );
 
+    // KeyGrid rotates its root (new root published now, signing in an hour): the plugin
+    // pushes the new bundle on SPIRE's open stream and SPIRE adds the new root.
+    let out = env.cli(&["ca", "rotate", "root", "--prepare", "1h"]);
+    assert!(
+        out.status.success(),
+        "keygrid ca rotate root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let published = || -> Vec<Vec<u8>> {
+        pem::parse_many(std::fs::read_to_string(env.bundle_pem()).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect()
+    };
+    wait_until(
+        "core to publish the rotated root",
+        Duration::from_secs(10),
+        || published().len() == 2,
+    );
+    let new_root = published()
+        .into_iter()
+        .find(|r| !keygrid_roots.contains(r))
+        .expect("a new root");
+    wait_until(
+        "SPIRE's bundle to gain KeyGrid's new root",
+        Duration::from_secs(30),
+        || {
+            let out = server.cli(&["bundle", "show"]);
+            out.status.success()
+                && pem::parse_many(&out.stdout)
+                    .map(|v| v.iter().any(|p| p.contents() == new_root.as_slice()))
+                    .unwrap_or(false)
+        },
+    );
+    assert!(server
+        .log()
+        .contains("KeyGrid trust bundle changed; updating SPIRE"));
+
     // SPIRE rotates its CA through the plugin; every new CA is recorded by KeyGrid, and
     // SVIDs issued under the new CA still verify against the KeyGrid root.
     wait_until(
