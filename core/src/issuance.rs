@@ -162,7 +162,7 @@ impl Issuance {
     }
 
     /// Records a refusal. If even that fails, the request fails as an internal error.
-    fn refuse(
+    pub(crate) fn refuse(
         &self,
         actor: &str,
         subject: &str,

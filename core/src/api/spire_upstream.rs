@@ -306,13 +306,19 @@ impl SpireUpstream {
             x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
                 .map_err(|e| IssueError::InvalidArgument(format!("csr rejected: {e}")))?;
         let td = self.ca.trust_domain();
-        check_csr_identity(td, &csr_uris(&csr))?;
-        let key = check_key(&csr.certification_request_info.subject_pki)?;
+        let td_id = format!("spiffe://{td}");
+        let baseline = check_csr_identity(td, &csr_uris(&csr))
+            .and_then(|()| check_key(&csr.certification_request_info.subject_pki));
+        if let Err(IssueError::PermissionDenied(reason)) = &baseline {
+            // Recorded like a configured rule's refusal, so the audit trail has it.
+            self.issuance
+                .refuse(caller, &td_id, "spire-upstream-baseline", reason)?;
+        }
+        let key = baseline?;
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(
             csr.certification_request_info.subject_pki.raw,
         )
         .map_err(|e| IssueError::InvalidArgument(format!("CSR public key not usable: {e}")))?;
-        let td_id = format!("spiffe://{td}");
         // Fleet-wide `[[policy]]` rules apply on top of the baseline above.
         let key_info = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
         let ttl = self.issuance.apply_policy(
@@ -690,7 +696,14 @@ mod tests {
             for der in cases {
                 assert!(svc.mint_ca(SERVER, &der, 60).is_err());
             }
-            assert_eq!(count(&store), before, "no record for a refusal");
+            assert_eq!(count(&store), before, "no certificate for a refusal");
+            let events = store.events("policy_refusal").unwrap();
+            assert!(
+                events.iter().any(|e| e.kind == "policy_refusal"
+                    && e.rule == "spire-upstream-baseline"
+                    && e.detail.contains("spiffe://other.org")),
+                "the wrong-trust-domain refusal is in the event log: {events:?}"
+            );
         }
 
         #[test]
