@@ -191,10 +191,9 @@ pub async fn run(
     ));
     let node_server = tonic::transport::Server::builder()
         .add_service(NodeServer::new(NodeApi::new(issuance.clone())))
-        .add_service(SpireUpstreamServer::new(SpireUpstreamApi::new(
-            spire.clone(),
-            hierarchy.clone(),
-        )))
+        .add_service(SpireUpstreamServer::new(
+            SpireUpstreamApi::new(spire.clone(), hierarchy.clone()).ending_on(stop_rx.clone()),
+        ))
         .serve_with_incoming_shutdown(
             tls::incoming(listener, tls_config),
             stopped(stop_rx.clone()),

@@ -369,12 +369,25 @@ type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::Bundle, Status>> + Send
 pub struct SpireUpstreamApi {
     service: Arc<SpireUpstream>,
     ca: Arc<Hierarchy>,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl SpireUpstreamApi {
     /// Creates the gRPC service.
     pub fn new(service: Arc<SpireUpstream>, ca: Arc<Hierarchy>) -> Self {
-        SpireUpstreamApi { service, ca }
+        SpireUpstreamApi {
+            service,
+            ca,
+            stop: None,
+        }
+    }
+
+    /// Ends open `WatchBundle` streams once `stop` turns true, so that a graceful
+    /// shutdown of core is not held open by SPIRE servers' subscriptions (the plugin
+    /// reconnects when core is back).
+    pub fn ending_on(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     async fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
@@ -436,6 +449,15 @@ impl pb::spire_upstream_server::SpireUpstream for SpireUpstreamApi {
                 x509_authorities: snap.roots.clone(),
                 sequence: snap.sequence.max(0) as u64,
             })
+        });
+        let stop = self.stop.clone();
+        let stream = stream.take_until(async move {
+            match stop {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|v| *v).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }
