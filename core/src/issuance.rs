@@ -150,7 +150,7 @@ impl Issuance {
 
     /// Asks the policy engine; a refusal is recorded as an event (and nothing else is
     /// written) and becomes PermissionDenied naming the rule.
-    fn apply_policy(
+    pub(crate) fn apply_policy(
         &self,
         actor: &str,
         subject: &str,
@@ -173,7 +173,7 @@ impl Issuance {
     }
 
     /// Records a refusal. If even that fails, the request fails as an internal error.
-    fn refuse(
+    pub(crate) fn refuse(
         &self,
         actor: &str,
         subject: &str,

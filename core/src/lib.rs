@@ -17,4 +17,5 @@ pub mod keys;
 pub mod policy;
 pub mod revocation;
 pub mod server;
+pub mod spire_credential;
 pub mod store;

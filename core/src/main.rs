@@ -74,6 +74,13 @@ enum Command {
         #[command(subcommand)]
         command: OcspCommand,
     },
+    /// Credentials for SPIRE servers using the keygrid-upstream-authority plugin.
+    Spire {
+        #[command(subcommand)]
+        command: SpireCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +156,22 @@ fn print_cert(c: &pb::CertificateInfo) {
         );
     }
     println!();
+}
+
+#[derive(Subcommand)]
+enum SpireCommand {
+    /// Issue a SPIRE server's client credential and write it with KeyGrid's bundle.
+    Credential {
+        /// The SPIRE server's identity: spiffe://<trust domain>/spire/server/<name>.
+        #[arg(long)]
+        spire_server_id: String,
+        /// Directory to write svid.pem, svid.key (0600) and bundle.pem into.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Credential lifetime (default 30 days, cut to the issuing CA's expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
 }
 
 /// How the CLI reaches core's admin socket.
@@ -628,6 +651,27 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Spire {
+            command:
+                SpireCommand::Credential {
+                    spire_server_id,
+                    out_dir,
+                    ttl,
+                },
+            admin,
+        } => {
+            let written = keygrid_core::spire_credential::issue(
+                &admin.socket()?,
+                &spire_server_id,
+                &out_dir,
+                ttl,
+            )
+            .await?;
+            println!("certificate: {}", written.cert.display());
+            println!("key:         {}", written.key.display());
+            println!("bundle:      {}", written.bundle.display());
+            println!("expires:     {}", written.expires_at);
         }
         Command::Serve { .. }
         | Command::Dev(_)

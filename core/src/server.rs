@@ -10,12 +10,16 @@ use keygrid_proto::keygrid::v1::{admin_server::AdminServer, node_server::NodeSer
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::api::spire_upstream::{SpireAdminApi, SpireUpstream, SpireUpstreamApi};
 use crate::api::{admin::AdminApi, node::NodeApi, tls};
 use crate::ca::Hierarchy;
 use crate::config::CoreConfig;
 use crate::issuance::{Issuance, IssuanceSettings};
 use crate::keys::pkcs11::Pkcs11Token;
 use crate::store::Store;
+use keygrid_proto::keygrid::v1::{
+    spire_admin_server::SpireAdminServer, spire_upstream_server::SpireUpstreamServer,
+};
 
 /// Writes `data` to `path` atomically (temp file + rename), with `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
@@ -190,8 +194,16 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let spire = Arc::new(SpireUpstream::new(
+        store.clone(),
+        hierarchy.clone(),
+        issuance.clone(),
+    ));
     let node_server = tonic::transport::Server::builder()
         .add_service(NodeServer::new(NodeApi::new(issuance.clone())))
+        .add_service(SpireUpstreamServer::new(
+            SpireUpstreamApi::new(spire.clone(), hierarchy.clone()).ending_on(stop_rx.clone()),
+        ))
         .serve_with_incoming_shutdown(
             tls::incoming(listener, tls_config),
             stopped(stop_rx.clone()),
@@ -210,6 +222,10 @@ pub async fn run(
             )
             .with_revoker(revocation.revoker.clone()),
         ))
+        .add_service(SpireAdminServer::new(SpireAdminApi::new(
+            spire,
+            hierarchy.clone(),
+        )))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(admin_listener),
             stopped(stop_rx.clone()),

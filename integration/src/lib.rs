@@ -110,8 +110,25 @@ impl DevEnv {
 
     /// Starts `keygrid dev` with extra command-line arguments (e.g. `--http-listen`).
     pub fn start_with_args(dir: tempfile::TempDir, svid_ttl: &str, extra: &[String]) -> Self {
-        softhsm_module();
         let listen = format!("127.0.0.1:{}", free_port());
+        Self::start_at_with_args(dir, &listen, svid_ttl, extra)
+    }
+
+    /// Starts `keygrid dev` in `dir` with core listening on `listen` (to restart core at
+    /// the address its clients are configured with).
+    pub fn start_at(dir: tempfile::TempDir, listen: &str, svid_ttl: &str) -> Self {
+        Self::start_at_with_args(dir, listen, svid_ttl, &[])
+    }
+
+    /// The general form of the constructors above.
+    pub fn start_at_with_args(
+        dir: tempfile::TempDir,
+        listen: &str,
+        svid_ttl: &str,
+        extra: &[String],
+    ) -> Self {
+        softhsm_module();
+        let listen = listen.to_string();
         let trust_domain = "example.org".to_string();
         let log = std::fs::File::create(dir.path().join("dev.log")).expect("log file");
         let child = Command::new(bin("keygrid"))
