@@ -97,7 +97,7 @@ impl ManufacturerCas {
 
 fn parse_whole(der: &[u8]) -> std::result::Result<X509Certificate<'_>, String> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(format!(
             "{} trailing bytes after the certificate",
             rest.len()
