@@ -15,7 +15,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/keygrid/v1/node.proto",
             "proto/keygrid/v1/admin.proto",
+            "proto/keygrid/v1/upstream.proto",
             "proto/spiffe/workload.proto",
+            "proto/goplugin/grpc_broker.proto",
+            "proto/goplugin/grpc_controller.proto",
+            "proto/goplugin/grpc_stdio.proto",
+            "proto/spire/service/private/init/v1/init.proto",
+            "proto/spire/service/common/config/v1/config.proto",
+            "proto/spire/plugin/types/x509certificate.proto",
+            "proto/spire/plugin/types/jwtkey.proto",
+            "proto/spire/plugin/server/upstreamauthority/v1/upstreamauthority.proto",
+            "proto/spire/plugin/server/nodeattestor/v1/nodeattestor.proto",
+            "proto/spire/plugin/agent/nodeattestor/v1/nodeattestor.proto",
         ],
         &["proto", include.as_str()],
     )?;
