@@ -13,7 +13,9 @@ use x509_parser::prelude::FromDer;
 const TD: &str = "example.org";
 
 fn spire(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bin").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools/bin")
+        .join(name);
     assert!(
         path.exists(),
         "{} is missing: run scripts/build-spire.sh (make test does)",
@@ -58,7 +60,9 @@ struct SpireServer {
 }
 
 impl SpireServer {
-    fn start(dir: &Path, ca_files: &[PathBuf]) -> Self {
+    /// Starts spire-server with the server plugin trusting `ca_files`; `extra` adds
+    /// `plugin_data` lines (e.g. an allow-list).
+    fn start(dir: &Path, ca_files: &[PathBuf], extra: &str) -> Self {
         let port = free_port();
         let socket = dir.join("server.sock");
         let cas = ca_files
@@ -89,6 +93,7 @@ plugins {{
     plugin_cmd = "{plugin}"
     plugin_data {{
       ek_ca_paths = [{cas}]
+      {extra}
     }}
   }}
 }}
@@ -100,18 +105,25 @@ plugins {{
         let path = dir.join("server.conf");
         std::fs::write(&path, conf).expect("server.conf");
         let proc = Proc::start(
-            Command::new(spire("spire-server")).arg("run").arg("-config").arg(&path),
+            Command::new(spire("spire-server"))
+                .arg("run")
+                .arg("-config")
+                .arg(&path),
             dir.join("server.log"),
         );
         let server = SpireServer { proc, socket, port };
-        wait_until("spire-server to become healthy", Duration::from_secs(30), || {
-            Command::new(spire("spire-server"))
-                .args(["healthcheck", "-socketPath"])
-                .arg(&server.socket)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
+        wait_until(
+            "spire-server to become healthy",
+            Duration::from_secs(30),
+            || {
+                Command::new(spire("spire-server"))
+                    .args(["healthcheck", "-socketPath"])
+                    .arg(&server.socket)
+                    .output()
+                    .map(|o| o.status.success())
+                    .unwrap_or(false)
+            },
+        );
         server
     }
 
@@ -120,7 +132,11 @@ plugins {{
             .args(args)
             .arg("-socketPath")
             .arg(&self.socket));
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 }
 
@@ -163,7 +179,10 @@ plugins {{
     let path = dir.join("agent.conf");
     std::fs::write(&path, conf).expect("agent.conf");
     let proc = Proc::start(
-        Command::new(spire("spire-agent")).arg("run").arg("-config").arg(&path),
+        Command::new(spire("spire-agent"))
+            .arg("run")
+            .arg("-config")
+            .arg(&path),
         dir.join("agent.log"),
     );
     (proc, socket)
@@ -173,19 +192,30 @@ fn ek_hash(tpm: &Swtpm) -> String {
     let out = run(Command::new("tpm2_nvread")
         .arg("0x1c00002")
         .env("TPM2TOOLS_TCTI", tpm.tcti()));
-    assert!(out.status.success(), "tpm2_nvread: {}", String::from_utf8_lossy(&out.stderr));
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&out.stdout).expect("EK certificate");
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw))
+    assert!(
+        out.status.success(),
+        "tpm2_nvread: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&out.stdout).expect("EK certificate");
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        cert.public_key().raw,
+    ))
 }
 
 #[test]
 fn spire_agent_with_swtpm_attests_and_serves_a_workload_svid() {
-    keygrid_integration::require_tool("tpm2_nvread", "run scripts/install-deps.sh (Debian package tpm2-tools)");
+    keygrid_integration::require_tool(
+        "tpm2_nvread",
+        "run scripts/install-deps.sh (Debian package tpm2-tools)",
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = LocalCa::new(dir.path());
     let tpm = Swtpm::provision_and_start(&ca, &dir.path().join("tpm"));
     let hash = ek_hash(&tpm);
-    let server = SpireServer::start(dir.path(), &[ca.root_cert(), ca.issuer_cert()]);
+    let server = SpireServer::start(dir.path(), &[ca.root_cert(), ca.issuer_cert()], "");
     let (agent, agent_socket) = start_agent(dir.path(), &server, &tpm);
 
     let agent_id = format!("spiffe://{TD}/spire/agent/keygrid_tpm/{hash}");
@@ -193,8 +223,14 @@ fn spire_agent_with_swtpm_attests_and_serves_a_workload_svid() {
         server.cmd(&["agent", "list"]).contains(&agent_id)
     });
     let show = server.cmd(&["agent", "show", "-spiffeID", &agent_id]);
-    assert!(show.contains(&format!("keygrid_tpm:ek_hash:{hash}")), "{show}");
-    assert!(show.contains("keygrid_tpm:ek_manufacturer:id:00001014"), "{show}");
+    assert!(
+        show.contains(&format!("keygrid_tpm:ek_hash:{hash}")),
+        "{show}"
+    );
+    assert!(
+        show.contains("keygrid_tpm:ek_manufacturer:id:00001014"),
+        "{show}"
+    );
 
     // A workload on this node (our own uid) gets an SVID through the attested agent.
     // SAFETY: getuid has no preconditions and cannot fail.
@@ -211,15 +247,27 @@ fn spire_agent_with_swtpm_attests_and_serves_a_workload_svid() {
     ]);
     assert!(created.contains("Entry ID"), "{created}");
     let mut last = String::new();
-    wait_until("a workload SVID from the SPIRE agent", Duration::from_secs(60), || {
-        let out = run(Command::new(spire("spire-agent"))
-            .args(["api", "fetch", "x509", "-socketPath"])
-            .arg(&agent_socket));
-        last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        out.status.success() && last.contains(&format!("spiffe://{TD}/workload"))
-    });
+    wait_until(
+        "a workload SVID from the SPIRE agent",
+        Duration::from_secs(60),
+        || {
+            let out = run(Command::new(spire("spire-agent"))
+                .args(["api", "fetch", "x509", "-socketPath"])
+                .arg(&agent_socket));
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.status.success() && last.contains(&format!("spiffe://{TD}/workload"))
+        },
+    );
     drop(agent);
-    assert!(server.proc.log().contains("TPM attestation succeeded"), "{}", server.proc.log());
+    assert!(
+        server.proc.log().contains("TPM attestation succeeded"),
+        "{}",
+        server.proc.log()
+    );
 }
 
 #[test]
@@ -229,22 +277,62 @@ fn spire_refuses_a_tpm_whose_ek_certificate_is_from_an_unknown_ca() {
     let _trusted_tpm = Swtpm::provision_and_start(&trusted, &dir.path().join("tpm-trusted"));
     let other = LocalCa::new(&dir.path().join("other"));
     let tpm = Swtpm::provision_and_start(&other, &dir.path().join("tpm"));
-    let server = SpireServer::start(dir.path(), &[trusted.root_cert(), trusted.issuer_cert()]);
+    let server = SpireServer::start(
+        dir.path(),
+        &[trusted.root_cert(), trusted.issuer_cert()],
+        "",
+    );
     let (mut agent, _) = start_agent(dir.path(), &server, &tpm);
 
-    wait_until("the server to log the refusal", Duration::from_secs(60), || {
-        server.proc.log().contains("does not chain to any configured manufacturer CA")
-    });
+    wait_until(
+        "the server to log the refusal",
+        Duration::from_secs(60),
+        || {
+            server
+                .proc
+                .log()
+                .contains("does not chain to any configured manufacturer CA")
+        },
+    );
     // The agent gives up (SPIRE agents exit when attestation is refused) ...
     wait_until("the refused agent to exit", Duration::from_secs(60), || {
         matches!(agent.child.try_wait(), Ok(Some(_)))
     });
     assert!(
-        agent.log().contains("does not chain to any configured manufacturer CA"),
+        agent
+            .log()
+            .contains("does not chain to any configured manufacturer CA"),
         "the agent sees the reason too:\n{}",
         agent.log()
     );
     // ... and the server created no agent entry.
+    let list = server.cmd(&["agent", "list"]);
+    assert!(!list.contains("keygrid_tpm"), "{list}");
+}
+
+#[test]
+fn spire_refuses_a_second_tpm_that_is_not_on_the_allow_list() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = LocalCa::new(dir.path());
+    let listed = Swtpm::provision_and_start(&ca, &dir.path().join("tpm-listed"));
+    let unlisted = Swtpm::provision_and_start(&ca, &dir.path().join("tpm-unlisted"));
+    let (listed_hash, unlisted_hash) = (ek_hash(&listed), ek_hash(&unlisted));
+    drop(listed);
+    let server = SpireServer::start(
+        dir.path(),
+        &[ca.root_cert(), ca.issuer_cert()],
+        &format!("allowed_ek_hashes = [\"{listed_hash}\"]"),
+    );
+    let (mut agent, _) = start_agent(dir.path(), &server, &unlisted);
+    let reason = format!("EK {unlisted_hash} is not on the allow-list");
+    wait_until(
+        "the server to log the refusal",
+        Duration::from_secs(60),
+        || server.proc.log().contains(&reason),
+    );
+    wait_until("the refused agent to exit", Duration::from_secs(60), || {
+        matches!(agent.child.try_wait(), Ok(Some(_)))
+    });
     let list = server.cmd(&["agent", "list"]);
     assert!(!list.contains("keygrid_tpm"), "{list}");
 }
