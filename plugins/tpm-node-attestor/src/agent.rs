@@ -139,3 +139,22 @@ impl NodeAttestor for AgentPlugin {
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygrid_spire_plugin_sdk::parse_hcl;
+
+    #[test]
+    fn tcti_defaults_to_the_kernel_resource_manager() {
+        let cfg: AgentConfig = parse_hcl("").unwrap();
+        assert_eq!(cfg.tcti, "device:/dev/tpmrm0");
+        let core = CoreConfig {
+            trust_domain: "example.org".into(),
+        };
+        let err = AgentPlugin::default()
+            .check(&core, &AgentConfig { tcti: " ".into() })
+            .unwrap_err();
+        assert!(err.to_string().contains("tcti"), "{err}");
+    }
+}

@@ -172,3 +172,46 @@ impl NodeAttestor for ServerPlugin {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygrid_spire_plugin_sdk::parse_hcl;
+
+    fn core() -> CoreConfig {
+        CoreConfig {
+            trust_domain: "example.org".into(),
+        }
+    }
+
+    #[test]
+    fn hcl_with_allow_list_only_configures() {
+        let cfg: ServerConfig = parse_hcl(r#"allowed_ek_hashes = ["ABCDEF"]"#).unwrap();
+        ServerPlugin::default().apply(core(), cfg).unwrap();
+    }
+
+    #[test]
+    fn unusable_configs_are_refused_with_reasons() {
+        let plugin = ServerPlugin::default();
+        let cfg: ServerConfig = parse_hcl("").unwrap();
+        let err = plugin.check(&core(), &cfg).unwrap_err();
+        assert!(err.to_string().contains("allow-list"), "{err}");
+        let cfg: ServerConfig = parse_hcl(r#"ek_ca_paths = ["/nonexistent/ca.pem"]"#).unwrap();
+        let err = plugin.check(&core(), &cfg).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let err = parse_hcl::<ServerConfig>(r#"ek_ca_path = "typo""#).unwrap_err();
+        assert!(err.to_string().contains("ek_ca_path"), "{err}");
+    }
+
+    #[test]
+    fn refusals_map_to_grpc_codes() {
+        let s = refusal(AttestationError::EkUntrusted("x".into()));
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().contains("not trusted"));
+        let s = refusal(AttestationError::Malformed {
+            message: "challenge response",
+            reason: "truncated".into(),
+        });
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    }
+}
