@@ -104,6 +104,7 @@ fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> 
 fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> CertificateRecord {
     CertificateRecord {
         issuer: issuer.name().to_string(),
+        issuer_generation: issued.issuer_generation,
         serial: issued.serial_hex.clone(),
         profile: profile.to_string(),
         subject: subject.to_string(),
@@ -151,7 +152,7 @@ impl Issuance {
             .store
             .join_token_agent(&token_hash, now.unix_timestamp())?
             .ok_or_else(|| IssueError::PermissionDenied("unknown or expired join token".into()))?;
-        let (issued, cert) = self.sign_node(&agent_id, &csr, now)?;
+        let (issued, cert, nodes_ca) = self.sign_node(&agent_id, &csr, now)?;
         let node = NodeRecord {
             spiffe_id: agent_id.clone(),
             attestation: "join_token".into(),
@@ -172,7 +173,7 @@ impl Issuance {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(node = %agent_id, serial = %issued.serial_hex, "node attested with join token");
-        Ok(self.node_credential(agent_id, issued))
+        Ok(self.node_credential(agent_id, issued, &nodes_ca))
     }
 
     /// Issues a fresh node certificate to an already authenticated node.
@@ -183,7 +184,7 @@ impl Issuance {
             .store
             .node(node_id)?
             .ok_or_else(|| IssueError::PermissionDenied("node is not registered".into()))?;
-        let (issued, cert) = self.sign_node(node_id, &csr, now)?;
+        let (issued, cert, nodes_ca) = self.sign_node(node_id, &csr, now)?;
         let node = NodeRecord {
             serial: issued.serial_hex.clone(),
             not_after: issued.not_after,
@@ -191,7 +192,7 @@ impl Issuance {
         };
         self.store.renew_node(&node, &cert, now.unix_timestamp())?;
         tracing::info!(node = %node_id, serial = %issued.serial_hex, "node certificate renewed");
-        Ok(self.node_credential(node_id.to_string(), issued))
+        Ok(self.node_credential(node_id.to_string(), issued, &nodes_ca))
     }
 
     fn sign_node(
@@ -199,18 +200,18 @@ impl Issuance {
         node_id: &str,
         csr: &CertificateSigningRequestParams,
         now: OffsetDateTime,
-    ) -> Result<(Issued, CertificateRecord), IssueError> {
+    ) -> Result<(Issued, CertificateRecord, Arc<Authority>), IssueError> {
         let params = profiles::node(node_id)?;
         let nodes = self.ca.nodes();
         let issued = nodes.sign(params, &csr.public_key, self.settings.node_cert_ttl, now)?;
-        let cert = record(nodes, PROFILE_NODE, node_id, &issued);
-        Ok((issued, cert))
+        let cert = record(&nodes, PROFILE_NODE, node_id, &issued);
+        Ok((issued, cert, nodes))
     }
 
-    fn node_credential(&self, spiffe_id: String, issued: Issued) -> NodeCredential {
+    fn node_credential(&self, spiffe_id: String, issued: Issued, ca: &Authority) -> NodeCredential {
         NodeCredential {
             spiffe_id,
-            chain: vec![issued.der, self.ca.nodes().cert_der().to_vec()],
+            chain: vec![issued.der, ca.cert_der().to_vec()],
         }
     }
 
@@ -224,9 +225,13 @@ impl Issuance {
             |why: &str| IssueError::PermissionDenied(format!("not a node credential: {why}"));
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
             .map_err(|_| denied("certificate does not parse"))?;
-        let (_, nodes_ca) = x509_parser::parse_x509_certificate(self.ca.nodes().cert_der())
-            .map_err(|_| IssueError::Internal)?;
-        if leaf.issuer().as_raw() != nodes_ca.subject().as_raw() {
+        // Any generation of the nodes CA: a node keeps its certificate across a rotation.
+        let from_nodes_ca = self.ca.generations_of(crate::ca::NODES).iter().any(|ca| {
+            x509_parser::parse_x509_certificate(ca.cert_der())
+                .map(|(_, c)| c.subject().as_raw() == leaf.issuer().as_raw())
+                .unwrap_or(false)
+        });
+        if !from_nodes_ca {
             return Err(denied("not issued by the nodes CA"));
         }
         let spiffe_id = leaf
@@ -243,7 +248,7 @@ impl Issuance {
         let serial = hex::encode(leaf.raw_serial());
         let rec = self
             .store
-            .certificate(self.ca.nodes().name(), &serial)?
+            .certificate(crate::ca::NODES, &serial)?
             .ok_or_else(|| denied("unknown certificate"))?;
         if rec.profile != PROFILE_NODE || rec.subject != spiffe_id {
             return Err(denied("certificate was not issued to this node"));
@@ -293,7 +298,7 @@ impl Issuance {
             tracing::warn!(spiffe_id = %entry.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
         }
         self.store.record_certificate(&record(
-            workloads,
+            &workloads,
             PROFILE_X509_SVID,
             &entry.spiffe_id,
             &issued,

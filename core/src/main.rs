@@ -79,8 +79,22 @@ impl AdminArgs {
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Show the hierarchy: names, algorithms, key locations, fingerprints, validity.
+    /// Show the hierarchy: every generation with algorithm, key location, fingerprint,
+    /// validity, and whether it signs now / is in the trust bundle.
     Show,
+    /// Create the hierarchy (keys in the configured HSM) without starting core; prints it.
+    /// Needs `--config`.
+    Init,
+    /// Rotate an issuing CA, or the root (and everything under it): the new generation is
+    /// published at once and signs after the preparation window.
+    Rotate {
+        /// `root`, `control-plane`, `nodes`, `spire-upstream` or `workloads`.
+        issuer: String,
+        /// Preparation window before the new generation signs (default: core's
+        /// `ca.rotation_preparation`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        prepare: Option<Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +185,89 @@ fn print_entry(e: &pb::Entry) {
     println!();
 }
 
+fn fmt_time(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn print_ca(res: &pb::ShowCaResponse) {
+    println!("trust bundle sequence {}", res.bundle_sequence);
+    for a in &res.authorities {
+        let root = a.parent.is_empty();
+        let (head, pad) = if root {
+            ("", "   ")
+        } else {
+            ("  └─ ", "       ")
+        };
+        let mut flags = Vec::new();
+        if a.active {
+            flags.push("active");
+        } else if a.activate_at_unix > time::OffsetDateTime::now_utc().unix_timestamp() {
+            flags.push("prepared");
+        } else {
+            flags.push("superseded");
+        }
+        if a.in_bundle {
+            flags.push("in bundle");
+        }
+        println!(
+            "{head}{} #{} [{}] ({})",
+            a.name,
+            a.generation,
+            flags.join(", "),
+            a.subject
+        );
+        println!("{pad}algorithm:   {}", a.algorithm);
+        println!("{pad}key:         {}", a.key_location);
+        println!("{pad}sha256:      {}", a.sha256_fingerprint);
+        println!(
+            "{pad}valid:       {} .. {}",
+            fmt_time(a.not_before_unix),
+            fmt_time(a.not_after_unix)
+        );
+        println!("{pad}signs from:  {}", fmt_time(a.activate_at_unix));
+    }
+}
+
+fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = CoreConfig::load(config)?;
+    keygrid_core::server::private_dir(&cfg.data_dir)?;
+    let pin = cfg.hsm_pin().map_err(anyhow::Error::msg)?;
+    let token = keygrid_core::keys::pkcs11::Pkcs11Token::open(
+        &cfg.hsm.module,
+        &cfg.hsm.token_label,
+        cryptoki::types::AuthPin::from(pin),
+    )?;
+    let store = keygrid_core::store::Store::open(&cfg.database_path())?;
+    let (h, created) =
+        keygrid_core::ca::Hierarchy::init_or_load(&store, &token, &cfg.hierarchy_settings())?;
+    println!(
+        "{} hierarchy for trust domain {}:",
+        if created {
+            "created the"
+        } else {
+            "already had a"
+        },
+        cfg.trust_domain
+    );
+    for a in h.authorities() {
+        println!(
+            "  {} #{}  {}  {}  sha256 {}",
+            a.name(),
+            a.generation(),
+            a.algorithm(),
+            a.key_location(),
+            keygrid_core::ca::sha256_hex(a.cert_der())
+        );
+    }
+    Ok(())
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
 }
@@ -199,29 +296,27 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            for a in res.authorities {
-                let indent = if a.parent.is_empty() { "" } else { "  └─ " };
-                let fmt = |t: i64| {
-                    time::OffsetDateTime::from_unix_timestamp(t)
-                        .map(|d| d.to_string())
-                        .unwrap_or_else(|_| t.to_string())
-                };
-                println!("{indent}{} ({})", a.name, a.subject);
-                let pad = if a.parent.is_empty() {
-                    "   "
-                } else {
-                    "       "
-                };
-                println!("{pad}algorithm:   {}", a.algorithm);
-                println!("{pad}key:         {}", a.key_location);
-                println!("{pad}sha256:      {}", a.sha256_fingerprint);
-                println!(
-                    "{pad}valid:       {} .. {}",
-                    fmt(a.not_before_unix),
-                    fmt(a.not_after_unix)
-                );
-            }
+            print_ca(&res);
         }
+        Command::Ca {
+            command: CaCommand::Rotate { issuer, prepare },
+            admin,
+        } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            let res = c
+                .rotate_ca(pb::RotateCaRequest {
+                    issuer,
+                    preparation_seconds: prepare.map(|d| d.as_secs().max(1) as i64).unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_ca(&res);
+        }
+        Command::Ca {
+            command: CaCommand::Init,
+            ..
+        } => unreachable!("handled in run"),
         Command::Entry { command, admin } => {
             let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
             match command {
@@ -308,6 +403,17 @@ async fn shutdown_signal() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Ca {
+        command: CaCommand::Init,
+        admin,
+    } = &cli.command
+    {
+        let config = admin
+            .config
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("`keygrid ca init` needs --config <core.toml>"))?;
+        return ca_init(config);
+    }
     // `dev` must configure SoftHSM2's environment before any thread exists.
     let dev_plan = match &cli.command {
         Command::Dev(args) => Some(dev::prepare(args.clone())?),
