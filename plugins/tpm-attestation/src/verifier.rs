@@ -218,18 +218,34 @@ impl Verifier {
     /// The challenge is removed before any check, so a response (right or wrong) can be
     /// presented only once.
     pub fn verify(&self, response: &ChallengeResponse) -> Result<AttestedNode> {
+        self.verify_for(&response.nonce, response)
+    }
+
+    /// Like [`Verifier::verify`], for transports that know which challenge they issued (a
+    /// SPIRE attestation stream): consumes that challenge and refuses a response to any other.
+    pub fn verify_for(
+        &self,
+        challenge_nonce: &[u8],
+        response: &ChallengeResponse,
+    ) -> Result<AttestedNode> {
+        let pending = self.lock_pending().remove(challenge_nonce);
         if response.version != PROTOCOL_VERSION {
             return Err(AttestationError::UnsupportedVersion {
                 got: response.version,
                 supported: PROTOCOL_VERSION,
             });
         }
-        let pending = self.lock_pending().remove(&response.nonce).ok_or_else(|| {
+        let pending = pending.ok_or_else(|| {
             AttestationError::Challenge(
                 "unknown or already answered challenge (each challenge can be answered once)"
                     .into(),
             )
         })?;
+        if verify_slices_are_equal(challenge_nonce, &response.nonce).is_err() {
+            return Err(AttestationError::Challenge(
+                "the response answers a different challenge than the one issued".into(),
+            ));
+        }
         if Instant::now() >= pending.expires {
             return Err(AttestationError::Challenge(format!(
                 "challenge expired (challenges live {:?})",
@@ -546,6 +562,30 @@ mod tests {
         let err = v.verify(&guess).unwrap_err();
         assert!(err.to_string().contains("already answered"), "{err}");
         assert_eq!(v.outstanding_challenges(), 0);
+    }
+
+    #[test]
+    fn response_to_another_challenge_is_refused_and_both_consumed() {
+        let ek = ek_public();
+        let v = allow_all(&ek);
+        let ak = soft_ak(AK_ATTRS);
+        let first = v.challenge(&data(&ak, &ek)).unwrap();
+        let second = v.challenge(&data(&ak, &ek)).unwrap();
+        let answer_to_first = ChallengeResponse {
+            version: PROTOCOL_VERSION,
+            nonce: first.nonce.clone(),
+            activated_secret: vec![0; 32],
+            nonce_signature: vec![0; 256],
+        };
+        let err = v.verify_for(&second.nonce, &answer_to_first).unwrap_err();
+        assert!(err.to_string().contains("different challenge"), "{err}");
+        assert_eq!(
+            v.outstanding_challenges(),
+            1,
+            "the stream's own challenge is consumed"
+        );
+        let err = v.verify_for(&second.nonce, &answer_to_first).unwrap_err();
+        assert!(err.to_string().contains("already answered"), "{err}");
     }
 
     #[test]

@@ -118,6 +118,7 @@ async fn run_attestation(
     };
     let data = AttestationData::decode(&payload).map_err(refusal)?;
     let challenge = verifier.challenge(&data).map_err(refusal)?;
+    let nonce = challenge.nonce.clone();
     out.send(Ok(AttestResponse {
         response: Some(attest_response::Response::Challenge(challenge.encode())),
     }))
@@ -132,7 +133,8 @@ async fn run_attestation(
         _ => return Err(Status::invalid_argument("expected the challenge response")),
     };
     let response = ChallengeResponse::decode(&answer).map_err(refusal)?;
-    let node = verifier.verify(&response).map_err(refusal)?;
+    // Bound to this stream: only the challenge issued above can be answered here.
+    let node = verifier.verify_for(&nonce, &response).map_err(refusal)?;
     tracing::info!(spiffe_id = %node.spiffe_id, "TPM attestation succeeded");
     out.send(Ok(AttestResponse {
         response: Some(attest_response::Response::AgentAttributes(
