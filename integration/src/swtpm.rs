@@ -106,35 +106,61 @@ impl Swtpm {
     }
 
     /// Starts swtpm on an already provisioned state directory.
+    ///
+    /// Ports are picked free, but another process may take them before swtpm binds; swtpm
+    /// then exits, and this retries on new ports. Ready means: swtpm wrote its pid file (it
+    /// does so after binding), is still running, and its control port answers.
     pub fn start(state_dir: &Path) -> Self {
         let swtpm = require_tool("swtpm", INSTALL_HINT);
-        let port = loop {
-            let p = free_port();
-            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
         let log = state_dir.join("swtpm.log");
-        let child = Command::new(swtpm)
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state_dir.display()))
-            .arg("--server")
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-            .args(["--flags", "not-need-init,startup-clear", "--log"])
-            .arg(format!("file={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start swtpm");
-        let tpm = Swtpm { port, child, log };
-        // Probe the control port: the command port serves one client at a time.
-        wait_until("swtpm to listen", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port + 1)).is_ok()
-        });
-        tpm
+        let pid_file = state_dir.join("swtpm.pid");
+        for _attempt in 0..5 {
+            let port = loop {
+                let p = free_port();
+                if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                    break p;
+                }
+            };
+            let _ = std::fs::remove_file(&pid_file);
+            let child = Command::new(&swtpm)
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", state_dir.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear", "--log"])
+                .arg(format!("file={}", log.display()))
+                .arg("--pid")
+                .arg(format!("file={}", pid_file.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start swtpm");
+            let mut tpm = Swtpm {
+                port,
+                child,
+                log: log.clone(),
+            };
+            let pid = tpm.child.id().to_string();
+            let mut exited = false;
+            wait_until("swtpm to listen", Duration::from_secs(10), || {
+                if matches!(tpm.child.try_wait(), Ok(Some(_))) {
+                    exited = true;
+                    return true;
+                }
+                std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid)
+                    && TcpStream::connect(("127.0.0.1", port + 1)).is_ok()
+            });
+            if !exited && matches!(tpm.child.try_wait(), Ok(None)) {
+                return tpm;
+            }
+        }
+        panic!(
+            "swtpm did not start after 5 attempts:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     /// The TCTI string tss-esapi and tpm2-tools use to reach this TPM.

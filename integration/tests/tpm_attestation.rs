@@ -200,6 +200,7 @@ fn ak_from_a_different_tpm_than_the_ek_is_refused() {
         nonce: c.nonce.clone(),
         activated_secret: vec![0; 32],
         nonce_signature: b.sign_nonce(&c.nonce).expect("B's AK signs"),
+        pcr_quote: None,
     };
     let err = v
         .verify(&forged)
@@ -252,4 +253,67 @@ fn allow_listed_tpm_without_ek_certificate_attests() {
         .verify(&tpm.answer(&c).expect("TPM answers"))
         .expect("attests");
     assert_eq!(node.selector_values, vec![format!("ek_hash:{hash}")]);
+}
+
+#[test]
+fn pcr_quote_yields_pcr_selectors_and_lies_are_refused() {
+    let lab = Lab::new(1);
+    // Extend PCR 16 with a known digest: PCR16 = SHA-256(0^32 || d).
+    let d = [0x5au8; 32];
+    let out = std::process::Command::new(keygrid_integration::require_tool(
+        "tpm2_pcrextend",
+        "run scripts/install-deps.sh (Debian package tpm2-tools)",
+    ))
+    .arg(format!("16:sha256={}", hex::encode(d)))
+    .env("TPM2TOOLS_TCTI", lab.tpms[0].tcti())
+    .output()
+    .expect("run tpm2_pcrextend");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&[0u8; 32]);
+    ctx.update(&d);
+    let pcr16 = hex::encode(ctx.finish());
+
+    let mut cfg = VerifierConfig::new(TRUST_DOMAIN, lab.cas());
+    cfg.quote_pcrs = vec![0, 16];
+    let v = Verifier::new(cfg).expect("verifier");
+    let mut tpm = lab.tpm(0);
+    let (node, _) = attest(&mut tpm, &v).expect("attestation with a PCR quote succeeds");
+    assert!(
+        node.selector_values
+            .contains(&format!("pcr:sha256:0:{}", "00".repeat(32))),
+        "{node:?}"
+    );
+    assert!(
+        node.selector_values
+            .contains(&format!("pcr:sha256:16:{pcr16}")),
+        "{node:?}"
+    );
+
+    // An agent that lies about a PCR value is caught by the quoted digest.
+    let c = challenge(&v, tpm.attestation_data()).expect("challenge");
+    assert_eq!(c.pcrs, vec![0, 16]);
+    let mut response = tpm.answer(&c).expect("TPM answers");
+    response.pcr_quote.as_mut().expect("quote sent").pcr_values[1] = vec![0; 32];
+    let err = v
+        .verify(&response)
+        .expect_err("lying about PCRs must be refused");
+    assert!(
+        err.to_string()
+            .contains("do not match the quoted PCR digest"),
+        "{err}"
+    );
+
+    // And a response without the quote is refused when one was asked for.
+    let c = challenge(&v, tpm.attestation_data()).expect("challenge");
+    let mut response = tpm.answer(&c).expect("TPM answers");
+    response.pcr_quote = None;
+    let err = v
+        .verify(&response)
+        .expect_err("missing quote must be refused");
+    assert!(err.to_string().contains("asked for a PCR quote"), "{err}");
 }

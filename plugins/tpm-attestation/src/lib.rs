@@ -13,6 +13,7 @@
 //! - [`public_area`]: TPM public areas (parsing, names, SPKI) without libtss2;
 //! - [`credential`]: KDFa and MakeCredential in software;
 //! - [`ek_certificate`]: EK certificate chain to manufacturer CAs, manufacturer selector;
+//! - [`quote`]: optional PCR quote evidence and `pcr:` selectors;
 //! - [`verifier`]: the server-side decision, single-use challenges, SPIFFE ID and selectors;
 //! - [`tpm`] (feature `tpm`): the agent side on tss-esapi.
 
@@ -20,6 +21,7 @@ pub mod credential;
 pub mod ek_certificate;
 pub mod error;
 pub mod public_area;
+pub mod quote;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod verifier;

@@ -112,6 +112,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    pub(crate) fn u8(&mut self, field: &str) -> Result<u8> {
+        Ok(self.take(1, field)?[0])
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        self.take(n, field)
+    }
+
     pub(crate) fn u16(&mut self, field: &str) -> Result<u16> {
         let b = self.take(2, field)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))

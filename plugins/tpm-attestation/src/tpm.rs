@@ -8,6 +8,7 @@
 //! with the EK and signs the verifier's nonce with the AK.
 
 use crate::error::{AttestationError, Result};
+use crate::quote::PcrQuote;
 use crate::wire::{
     signed_nonce_message, AttestationData, Challenge, ChallengeResponse, PROTOCOL_VERSION,
 };
@@ -22,7 +23,8 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    EncryptedSecret, IdObject, MaxBuffer, Public, Signature, SignatureScheme, SymmetricDefinition,
+    Data, EncryptedSecret, IdObject, MaxBuffer, PcrSelectionList, PcrSlot, Public, Signature,
+    SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
@@ -118,11 +120,17 @@ impl TpmAttestor {
         let activated_secret =
             self.activate_credential(&challenge.credential_blob, &challenge.encrypted_secret)?;
         let nonce_signature = self.sign_nonce(&challenge.nonce)?;
+        let pcr_quote = if challenge.pcrs.is_empty() {
+            None
+        } else {
+            Some(self.quote_pcrs(&challenge.nonce, &challenge.pcrs)?)
+        };
         Ok(ChallengeResponse {
             version: PROTOCOL_VERSION,
             nonce: challenge.nonce.clone(),
             activated_secret,
             nonce_signature,
+            pcr_quote,
         })
     }
 
@@ -202,6 +210,53 @@ impl TpmAttestor {
                 reason: "the AK produced a non-RSA signature".into(),
             }),
         }
+    }
+}
+
+impl TpmAttestor {
+    /// `TPM2_Quote` by the AK over the SHA-256 PCRs `pcrs` with `nonce` as qualifying data,
+    /// plus the PCR values (`TPM2_PCR_Read`) the verifier recomputes the digest from.
+    pub fn quote_pcrs(&mut self, nonce: &[u8], pcrs: &[u8]) -> Result<PcrQuote> {
+        crate::quote::check_pcr_request(pcrs)?;
+        let slots = pcrs
+            .iter()
+            .map(|i| PcrSlot::try_from(1u32 << i))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(tpm_err("selecting PCRs"))?;
+        let selection = PcrSelectionList::builder()
+            .with_selection(HashingAlgorithm::Sha256, &slots)
+            .build()
+            .map_err(tpm_err("selecting PCRs"))?;
+        let qualifying =
+            Data::try_from(nonce.to_vec()).map_err(tpm_err("preparing the quote nonce"))?;
+        let ak = self.ak;
+        let quote_selection = selection.clone();
+        let (attest, signature) = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.quote(ak, qualifying, SignatureScheme::Null, quote_selection)
+            })
+            .map_err(tpm_err("quoting PCRs"))?;
+        let (_, _, digests) = self
+            .ctx
+            .execute_without_session(|ctx| ctx.pcr_read(selection))
+            .map_err(tpm_err("reading PCRs"))?;
+        let signature = match signature {
+            Signature::RsaSsa(s) | Signature::RsaPss(s) => s.signature().value().to_vec(),
+            _ => {
+                return Err(AttestationError::Tpm {
+                    operation: "quoting PCRs",
+                    reason: "the AK produced a non-RSA signature".into(),
+                })
+            }
+        };
+        Ok(PcrQuote {
+            attest: attest
+                .marshall()
+                .map_err(tpm_err("marshalling the quote"))?,
+            signature,
+            pcr_values: digests.value().iter().map(|d| d.value().to_vec()).collect(),
+        })
     }
 }
 

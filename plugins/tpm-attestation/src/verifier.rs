@@ -10,6 +10,7 @@ use crate::credential::{check_ek_public, make_credential};
 use crate::ek_certificate::{rsa_key_of, verify_ek_certificate, ManufacturerCas};
 use crate::error::{AttestationError, Result};
 use crate::public_area::{attr, PublicArea, ALG_RSAPSS, ALG_RSASSA, ALG_SHA256};
+use crate::quote::{check_pcr_request, verify_quote};
 use crate::wire::{
     signed_nonce_message, AttestationData, Challenge, ChallengeResponse, NONCE_LEN,
     PROTOCOL_VERSION,
@@ -44,6 +45,9 @@ pub struct VerifierConfig {
     pub challenge_ttl: Duration,
     /// Cap on outstanding challenges (protects memory against unanswered requests).
     pub max_pending: usize,
+    /// SHA-256 PCR indices every agent must quote (ascending, at most 8); each becomes a
+    /// `pcr:sha256:<index>:<hex>` selector. Empty (the default): no quote.
+    pub quote_pcrs: Vec<u8>,
 }
 
 impl VerifierConfig {
@@ -55,6 +59,7 @@ impl VerifierConfig {
             allowed_ek_hashes: None,
             challenge_ttl: Duration::from_secs(60),
             max_pending: 10_000,
+            quote_pcrs: Vec::new(),
         }
     }
 }
@@ -111,6 +116,8 @@ impl Verifier {
                 "configure manufacturer CA certificates, an EK hash allow-list, or both".into(),
             ));
         }
+        check_pcr_request(&config.quote_pcrs)
+            .map_err(|e| AttestationError::Config(format!("quote_pcrs: {e}")))?;
         if config.trust_domain.is_empty() || config.trust_domain.contains('/') {
             return Err(AttestationError::Config(format!(
                 "bad trust domain {:?}",
@@ -210,6 +217,7 @@ impl Verifier {
             nonce,
             credential_blob: sealed.credential_blob,
             encrypted_secret: sealed.encrypted_secret,
+            pcrs: self.config.quote_pcrs.clone(),
         })
     }
 
@@ -279,6 +287,20 @@ impl Verifier {
         let mut selector_values = vec![format!("ek_hash:{}", pending.ek_hash)];
         if let Some(m) = &pending.manufacturer {
             selector_values.push(format!("ek_manufacturer:{m}"));
+        }
+        if !self.config.quote_pcrs.is_empty() {
+            let quote = response.pcr_quote.as_ref().ok_or_else(|| {
+                AttestationError::Challenge(
+                    "the challenge asked for a PCR quote and none was sent".into(),
+                )
+            })?;
+            let ak = pending.ak.rsa_components();
+            selector_values.extend(verify_quote(
+                quote,
+                &response.nonce,
+                &self.config.quote_pcrs,
+                |msg, sig| ak.verify(params, msg, sig).is_ok(),
+            )?);
         }
         Ok(AttestedNode {
             spiffe_id: format!(
@@ -552,6 +574,7 @@ mod tests {
             nonce: c.nonce.clone(),
             activated_secret: vec![0; 32],
             nonce_signature: sig,
+            pcr_quote: None,
         };
         let err = v.verify(&guess).unwrap_err();
         assert!(
@@ -576,6 +599,7 @@ mod tests {
             nonce: first.nonce.clone(),
             activated_secret: vec![0; 32],
             nonce_signature: vec![0; 256],
+            pcr_quote: None,
         };
         let err = v.verify_for(&second.nonce, &answer_to_first).unwrap_err();
         assert!(err.to_string().contains("different challenge"), "{err}");
@@ -604,6 +628,7 @@ mod tests {
                 nonce: c.nonce,
                 activated_secret: vec![0; 32],
                 nonce_signature: vec![0; 256],
+                pcr_quote: None,
             })
             .unwrap_err();
         assert!(err.to_string().contains("challenge expired"), "{err}");

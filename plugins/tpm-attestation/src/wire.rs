@@ -8,6 +8,7 @@
 //! [`ChallengeResponse`].
 
 use crate::error::{AttestationError, Result};
+use crate::quote::{check_pcr_request, PcrQuote, MAX_QUOTED_PCRS};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,9 @@ pub struct Challenge {
     /// `TPM2B_ENCRYPTED_SECRET` contents from MakeCredential.
     #[serde(with = "b64")]
     pub encrypted_secret: Vec<u8>,
+    /// SHA-256 PCR indices the agent must quote (ascending); empty: no quote wanted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcrs: Vec<u8>,
 }
 
 /// Agent → verifier: the activated credential and the AK's signature over the nonce.
@@ -71,6 +75,9 @@ pub struct ChallengeResponse {
     /// AK signature (raw RSA signature bytes) over [`signed_nonce_message`] of the nonce.
     #[serde(with = "b64")]
     pub nonce_signature: Vec<u8>,
+    /// The PCR quote, when the challenge asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_quote: Option<PcrQuote>,
 }
 
 /// The bytes the AK signs: a fixed context string, then the nonce. The prefix keeps the data
@@ -181,7 +188,8 @@ impl WireMessage for Challenge {
             &self.encrypted_secret,
             1,
             512,
-        )
+        )?;
+        check_pcr_request(&self.pcrs)
     }
 }
 
@@ -199,11 +207,25 @@ impl WireMessage for ChallengeResponse {
             1,
             64,
         )?;
-        bound(Self::NAME, "nonce_signature", &self.nonce_signature, 1, 512)
+        bound(Self::NAME, "nonce_signature", &self.nonce_signature, 1, 512)?;
+        if let Some(q) = &self.pcr_quote {
+            bound(Self::NAME, "pcr_quote.attest", &q.attest, 1, 1024)?;
+            bound(Self::NAME, "pcr_quote.signature", &q.signature, 1, 512)?;
+            if q.pcr_values.len() > MAX_QUOTED_PCRS {
+                return Err(AttestationError::malformed(
+                    Self::NAME,
+                    "too many PCR values",
+                ));
+            }
+            for v in &q.pcr_values {
+                bound(Self::NAME, "pcr_quote.pcr_values", v, 32, 32)?;
+            }
+        }
+        Ok(())
     }
 }
 
-mod b64 {
+pub(crate) mod b64 {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -215,6 +237,27 @@ mod b64 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = <&str>::deserialize(d)?;
         STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) mod b64_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Item(#[serde(with = "super::b64")] Vec<u8>);
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|b| Item(b.clone()))
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<Item>::deserialize(d)?
+            .into_iter()
+            .map(|i| i.0)
+            .collect())
     }
 }
 
@@ -245,6 +288,7 @@ mod tests {
             nonce: vec![1; NONCE_LEN],
             activated_secret: vec![2; 32],
             nonce_signature: vec![3; 256],
+            pcr_quote: None,
         }
     }
 

@@ -38,6 +38,10 @@ pub struct ServerConfig {
     /// Seconds an agent has to answer a challenge (default 60).
     #[serde(default)]
     pub challenge_ttl_seconds: Option<u64>,
+    /// Optional SHA-256 PCR indices every agent must quote; each becomes a
+    /// `pcr:sha256:<index>:<hex>` selector.
+    #[serde(default)]
+    pub quote_pcrs: Vec<u8>,
 }
 
 impl ServerConfig {
@@ -49,6 +53,7 @@ impl ServerConfig {
             .allowed_ek_hashes
             .as_ref()
             .map(|l| l.iter().map(|h| h.trim().to_ascii_lowercase()).collect());
+        cfg.quote_pcrs = self.quote_pcrs.clone();
         if let Some(s) = self.challenge_ttl_seconds {
             cfg.challenge_ttl = Duration::from_secs(s.clamp(1, 600));
         }
