@@ -34,6 +34,9 @@ pub struct CoreConfig {
     /// Node (agent) attestation and credentials.
     #[serde(default)]
     pub nodes: NodesConfig,
+    /// Issuance policy rules (`[[policy]]` tables), checked on every issuance path.
+    #[serde(default)]
+    pub policy: Vec<crate::policy::PolicyRule>,
 }
 
 /// Network endpoints of core.
@@ -255,6 +258,24 @@ impl CoreConfig {
                 "server.serving_cert_ttl must be at least 1m".into(),
             ));
         }
+        if let Err(e) = crate::policy::Policy::new(cfg.policy.clone()) {
+            // Point at the `[[policy]]` table the error names (policy[i]).
+            let index = e
+                .split_once("policy[")
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .and_then(|(i, _)| i.parse::<usize>().ok());
+            let line = index.and_then(|i| {
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.trim_start().starts_with("[[policy]]"))
+                    .nth(i)
+                    .map(|(n, _)| n + 1)
+            });
+            return Err(invalid(match line {
+                Some(n) => format!("line {n}: {e}"),
+                None => e,
+            }));
+        }
         for c in &cfg.ca.control_plane_ips {
             parse_cidr(c).map_err(|e| invalid(format!("ca.control_plane_ips: {e}")))?;
         }
@@ -272,6 +293,11 @@ impl CoreConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The compiled policy (validated when the file was parsed).
+    pub fn compiled_policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy::new(self.policy.clone()).unwrap_or_default()
     }
 
     /// The CA hierarchy settings this configuration asks for.
@@ -375,6 +401,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("trust_domain"), "{err}");
+    }
+
+    #[test]
+    fn policy_errors_point_at_the_rule_line() {
+        let text = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n\n[[policy]]\nprofiles = [\"*\"]\n\n[[policy]]\nname = \"keys\"\nprofiles = [\"x509-svid\"]\nallowed_keys = [\"rsa-1024\"]\n";
+        let err = CoreConfig::parse(text, Path::new("core.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 7") && err.contains("keys") && err.contains("rsa-1024"),
+            "{err}"
+        );
+        let typo = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[[policy]]\nprofiles = [\"*\"]\nmax_tll = \"1h\"\n";
+        let err = CoreConfig::parse(typo, Path::new("core.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_tll") && err.contains("line 5"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use time::OffsetDateTime;
 
 use crate::ca::{self, profiles, Authority, CaError, Hierarchy, Issued};
-use crate::store::{CertificateRecord, EntryRecord, NodeRecord, Store, StoreError};
+use crate::policy::{csr_key_info, Decision, Policy, PolicyRequest};
+use crate::store::{CertificateRecord, EntryRecord, EventRecord, NodeRecord, Store, StoreError};
 
 /// The largest CSR accepted. Real CSRs are well under 2 KiB.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -83,6 +84,7 @@ pub struct MintedSvid {
 pub struct Issuance {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
+    policy: Policy,
     settings: IssuanceSettings,
 }
 
@@ -121,12 +123,62 @@ pub const PROFILE_X509_SVID: &str = "x509-svid";
 
 impl Issuance {
     /// Creates the service.
-    pub fn new(store: Arc<Store>, ca: Arc<Hierarchy>, settings: IssuanceSettings) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        ca: Arc<Hierarchy>,
+        policy: Policy,
+        settings: IssuanceSettings,
+    ) -> Self {
         Issuance {
             store,
             ca,
+            policy,
             settings,
         }
+    }
+
+    /// Asks the policy engine; a refusal is recorded as an event (and nothing else is
+    /// written) and becomes PermissionDenied naming the rule.
+    fn apply_policy(
+        &self,
+        actor: &str,
+        subject: &str,
+        req: &PolicyRequest,
+    ) -> Result<Duration, IssueError> {
+        match self.policy.check(req) {
+            Decision::Allow { ttl, notes } => {
+                for n in notes {
+                    tracing::info!(%actor, %subject, profile = %req.profile, "{n}");
+                }
+                Ok(ttl)
+            }
+            Decision::Refuse { rule, reason } => {
+                self.refuse(actor, subject, &rule, &reason)?;
+                Err(IssueError::PermissionDenied(format!(
+                    "refused by policy rule {rule}: {reason}"
+                )))
+            }
+        }
+    }
+
+    /// Records a refusal. If even that fails, the request fails as an internal error.
+    fn refuse(
+        &self,
+        actor: &str,
+        subject: &str,
+        rule: &str,
+        reason: &str,
+    ) -> Result<(), IssueError> {
+        tracing::warn!(%actor, %subject, %rule, %reason, "issuance refused");
+        self.store.record_event(&EventRecord {
+            at: OffsetDateTime::now_utc().unix_timestamp(),
+            kind: "policy_refusal".into(),
+            actor: actor.to_string(),
+            subject: subject.to_string(),
+            rule: rule.to_string(),
+            detail: reason.to_string(),
+        })?;
+        Ok(())
     }
 
     /// The CA hierarchy.
@@ -152,7 +204,8 @@ impl Issuance {
             .store
             .join_token_agent(&token_hash, now.unix_timestamp())?
             .ok_or_else(|| IssueError::PermissionDenied("unknown or expired join token".into()))?;
-        let (issued, cert, nodes_ca) = self.sign_node(&agent_id, &csr, now)?;
+        let (issued, cert, nodes_ca) =
+            self.sign_node(&agent_id, "join_token", csr_der, &csr, now)?;
         let node = NodeRecord {
             spiffe_id: agent_id.clone(),
             attestation: "join_token".into(),
@@ -184,7 +237,8 @@ impl Issuance {
             .store
             .node(node_id)?
             .ok_or_else(|| IssueError::PermissionDenied("node is not registered".into()))?;
-        let (issued, cert, nodes_ca) = self.sign_node(node_id, &csr, now)?;
+        let (issued, cert, nodes_ca) =
+            self.sign_node(node_id, &existing.attestation, csr_der, &csr, now)?;
         let node = NodeRecord {
             serial: issued.serial_hex.clone(),
             not_after: issued.not_after,
@@ -198,12 +252,27 @@ impl Issuance {
     fn sign_node(
         &self,
         node_id: &str,
+        attestation: &str,
+        csr_der: &[u8],
         csr: &CertificateSigningRequestParams,
         now: OffsetDateTime,
     ) -> Result<(Issued, CertificateRecord, Arc<Authority>), IssueError> {
+        let key = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
+        let ttl = self.apply_policy(
+            node_id,
+            node_id,
+            &PolicyRequest {
+                profile: PROFILE_NODE.into(),
+                key: Some(key),
+                ttl: self.settings.node_cert_ttl,
+                spiffe_id: Some(node_id.to_string()),
+                attestation: attestation.to_string(),
+                ..Default::default()
+            },
+        )?;
         let params = profiles::node(node_id)?;
         let nodes = self.ca.nodes();
-        let issued = nodes.sign(params, &csr.public_key, self.settings.node_cert_ttl, now)?;
+        let issued = nodes.sign(params, &csr.public_key, ttl, now)?;
         let cert = record(&nodes, PROFILE_NODE, node_id, &issued);
         Ok((issued, cert, nodes))
     }
@@ -274,7 +343,13 @@ impl Issuance {
         if entry_id.is_empty() {
             return Err(IssueError::InvalidArgument("entry_id is required".into()));
         }
-        let csr = parse_csr(csr_der)?;
+        let csr = match parse_csr(csr_der) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refuse(node_id, entry_id, "csr", &e.to_string())?;
+                return Err(e);
+            }
+        };
         let entry = self
             .store
             .entry(entry_id)?
@@ -284,12 +359,49 @@ impl Issuance {
                     "node {node_id} is not authorised for entry {entry_id}"
                 ))
             })?;
-        let ttl = if entry.x509_svid_ttl > 0 {
+        // Defence in depth: an entry outside the trust domain is never served.
+        if let Err(reason) = crate::identity::member_id(&entry.spiffe_id, self.ca.trust_domain()) {
+            self.refuse(node_id, &entry.spiffe_id, "trust-domain", &reason)?;
+            return Err(IssueError::PermissionDenied(format!(
+                "refused by rule trust-domain: {reason}"
+            )));
+        }
+        // A CSR may not ask for names the entry does not grant: refuse rather than ignore.
+        let granted = |san: &rcgen::SanType| match san {
+            rcgen::SanType::URI(u) => u.as_str() == entry.spiffe_id,
+            rcgen::SanType::DnsName(d) => entry.dns_names.iter().any(|n| n == d.as_str()),
+            _ => false,
+        };
+        if let Some(extra) = csr.params.subject_alt_names.iter().find(|s| !granted(s)) {
+            let reason = format!("csr requests a name the entry does not grant: {extra:?}");
+            self.refuse(node_id, &entry.spiffe_id, "csr-names", &reason)?;
+            return Err(IssueError::InvalidArgument(reason));
+        }
+        let requested = if entry.x509_svid_ttl > 0 {
             Duration::from_secs(entry.x509_svid_ttl as u64)
         } else {
             self.settings.default_svid_ttl
         }
         .min(self.settings.max_svid_ttl);
+        let attestation = self
+            .store
+            .node(node_id)?
+            .map(|n| n.attestation)
+            .unwrap_or_default();
+        let key = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
+        let ttl = self.apply_policy(
+            node_id,
+            &entry.spiffe_id,
+            &PolicyRequest {
+                profile: PROFILE_X509_SVID.into(),
+                key: Some(key),
+                ttl: requested,
+                spiffe_id: Some(entry.spiffe_id.clone()),
+                dns_names: entry.dns_names.clone(),
+                attestation,
+                ..Default::default()
+            },
+        )?;
         let now = OffsetDateTime::now_utc();
         let params = profiles::x509_svid(&entry.spiffe_id, &entry.dns_names)?;
         let workloads = self.ca.workloads();

@@ -6,11 +6,13 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod bench;
 pub mod ca;
 pub mod config;
 pub mod dev;
 pub mod identity;
 pub mod issuance;
 pub mod keys;
+pub mod policy;
 pub mod server;
 pub mod store;

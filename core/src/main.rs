@@ -45,6 +45,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Explain what the configured policy decides for a CSR, without issuing anything.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Measure issuance against the raw signing rate of the same key (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage join tokens for node attestation.
     Token {
         #[command(subcommand)]
@@ -127,6 +137,56 @@ enum EntryCommand {
         /// Entry ID.
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// X.509-SVID issuance per second per core, beside the raw sign rate of the same CA key.
+    Issue {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "3")]
+        seconds: u64,
+        /// Key backends to measure (software, pkcs11).
+        #[arg(long, value_delimiter = ',', default_value = "software,pkcs11")]
+        backends: Vec<String>,
+        /// CA key algorithms (ecdsa-p256, ecdsa-p384).
+        #[arg(long, value_delimiter = ',', default_value = "ecdsa-p256,ecdsa-p384")]
+        algorithms: Vec<String>,
+        /// PKCS#11 module for the pkcs11 backend (a private SoftHSM2 token is created).
+        #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a CSR (PEM or DER) against the `[[policy]]` rules of a core configuration.
+    /// Exits 0 when allowed, 1 when refused.
+    Check {
+        /// The CSR file.
+        csr: PathBuf,
+        /// Core configuration holding the policy.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Profile to check against (x509-svid, node, kubelet-client, ...).
+        #[arg(long, default_value = "x509-svid")]
+        profile: String,
+        /// SPIFFE ID the certificate would carry.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// DNS name the certificate would carry (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// IP address the certificate would carry (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Requested lifetime.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How the requester attested (join_token, tpm, admin).
+        #[arg(long, default_value = "join_token")]
+        attestation: String,
     },
 }
 
@@ -268,6 +328,61 @@ fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `keygrid policy check`: parse, verify the CSR's self-signature, evaluate, explain.
+fn policy_check(cmd: PolicyCommand) -> anyhow::Result<bool> {
+    let PolicyCommand::Check {
+        csr,
+        config,
+        profile,
+        spiffe_id,
+        dns_names,
+        ips,
+        ttl,
+        attestation,
+    } = cmd;
+    let cfg = CoreConfig::load(&config)?;
+    let raw = std::fs::read(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+    let der = match pem::parse(&raw) {
+        Ok(p) if p.tag() == "CERTIFICATE REQUEST" || p.tag() == "NEW CERTIFICATE REQUEST" => {
+            p.into_contents()
+        }
+        Ok(p) => anyhow::bail!(
+            "{} holds a PEM {:?}, not a CERTIFICATE REQUEST",
+            csr.display(),
+            p.tag()
+        ),
+        Err(_) => raw,
+    };
+    rcgen::CertificateSigningRequestParams::from_der(&der.clone().into())
+        .map_err(|e| anyhow::anyhow!("{}: CSR rejected: {e}", csr.display()))?;
+    let key = keygrid_core::policy::csr_key_info(&der).map_err(anyhow::Error::msg)?;
+    println!("key: {}", key.name());
+    let decision = cfg
+        .compiled_policy()
+        .check(&keygrid_core::policy::PolicyRequest {
+            profile,
+            key: Some(key),
+            ttl,
+            spiffe_id,
+            dns_names,
+            ips,
+            attestation,
+        });
+    match decision {
+        keygrid_core::policy::Decision::Allow { ttl, notes } => {
+            println!("allowed, lifetime {}", humantime::format_duration(ttl));
+            for n in notes {
+                println!("  note: {n}");
+            }
+            Ok(true)
+        }
+        keygrid_core::policy::Decision::Refuse { rule, reason } => {
+            println!("refused by rule {rule}: {reason}");
+            Ok(false)
+        }
+    }
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
 }
@@ -382,7 +497,12 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", res.token);
         }
-        Command::Serve { .. } | Command::Dev(_) => unreachable!("handled in main"),
+        Command::Serve { .. }
+        | Command::Dev(_)
+        | Command::Policy { .. }
+        | Command::Bench { .. } => {
+            unreachable!("handled in run")
+        }
     }
     Ok(())
 }
@@ -402,7 +522,53 @@ async fn shutdown_signal() {
     }
 }
 
+fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Issue {
+        seconds,
+        backends,
+        algorithms,
+        pkcs11_module,
+    } = cmd;
+    let algorithms = algorithms
+        .iter()
+        .map(|a| {
+            keygrid_core::keys::KeyAlgorithm::from_name(a).ok_or_else(|| {
+                anyhow::anyhow!("unknown algorithm {a:?}; use ecdsa-p256 or ecdsa-p384")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = tempfile::tempdir()?;
+    if backends.iter().any(|b| b == "pkcs11") {
+        if !pkcs11_module.exists() {
+            anyhow::bail!(
+                "{} not found; install SoftHSM2 (scripts/install-deps.sh)",
+                pkcs11_module.display()
+            );
+        }
+        keygrid_core::bench::prepare_softhsm(dir.path())?;
+    }
+    let results = keygrid_core::bench::run(
+        &pkcs11_module,
+        &backends,
+        &algorithms,
+        Duration::from_secs(seconds.max(1)),
+    )?;
+    keygrid_core::bench::print(&results);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // `bench` configures SoftHSM2's environment, so it runs before any thread exists.
+    if let Command::Bench { command } = cli.command {
+        return bench(command);
+    }
+    if let Command::Policy { command } = cli.command {
+        return if policy_check(command)? {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the policy refuses this request"))
+        };
+    }
     if let Command::Ca {
         command: CaCommand::Init,
         admin,

@@ -119,6 +119,7 @@ pub async fn run(
     let issuance = Arc::new(Issuance::new(
         store.clone(),
         hierarchy.clone(),
+        cfg.compiled_policy(),
         IssuanceSettings {
             default_svid_ttl: cfg.workloads.default_svid_ttl,
             max_svid_ttl: cfg.workloads.max_svid_ttl,

@@ -115,37 +115,27 @@ fn uri_name_constraints_der(host: &str) -> Vec<u8> {
 /// an explicit `CA:FALSE`, key usage digitalSignature (plus keyEncipherment and
 /// keyAgreement, as SPIRE sets), and both serverAuth and clientAuth.
 pub fn x509_svid(spiffe_id: &str, dns_names: &[String]) -> Result<CertificateParams, CaError> {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = subject(dns_names.first().map(String::as_str));
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-        KeyUsagePurpose::KeyAgreement,
-    ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let mut sans = vec![uri(spiffe_id)?];
-    for name in dns_names {
-        sans.push(dns(name)?);
-    }
-    p.subject_alt_names = sans;
-    p.use_authority_key_identifier_extension = true;
-    Ok(p)
+    let req = LeafRequest {
+        common_name: dns_names.first().cloned(),
+        spiffe_id: Some(spiffe_id.to_string()),
+        dns_names: dns_names.to_vec(),
+        ..Default::default()
+    };
+    table("x509-svid")?.build("", &req)
+}
+
+fn table(name: &str) -> Result<&'static Profile, CaError> {
+    profile(name).ok_or_else(|| CaError::Corrupt(format!("profile {name} missing from the table")))
 }
 
 /// A node (agent) identity: client authentication to core only.
 pub fn node(spiffe_id: &str) -> Result<CertificateParams, CaError> {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = subject(Some("KeyGrid agent"));
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.subject_alt_names = vec![uri(spiffe_id)?];
-    p.use_authority_key_identifier_extension = true;
-    Ok(p)
+    let req = LeafRequest {
+        common_name: Some("KeyGrid agent".into()),
+        spiffe_id: Some(spiffe_id.to_string()),
+        ..Default::default()
+    };
+    table("node")?.build("", &req)
 }
 
 /// Core's own TLS serving certificate.
@@ -154,17 +144,341 @@ pub fn core_server(
     dns_names: &[String],
     ips: &[IpAddr],
 ) -> Result<CertificateParams, CaError> {
-    let mut p = CertificateParams::default();
-    p.distinguished_name = subject(Some("KeyGrid core"));
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let mut sans = vec![uri(spiffe_id)?];
-    for name in dns_names {
-        sans.push(dns(name)?);
+    let req = LeafRequest {
+        common_name: Some("KeyGrid core".into()),
+        spiffe_id: Some(spiffe_id.to_string()),
+        dns_names: dns_names.to_vec(),
+        ips: ips.to_vec(),
+        ..Default::default()
+    };
+    table("core-server")?.build("", &req)
+}
+
+/// Extended key usages a profile may grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eku {
+    /// id-kp-serverAuth.
+    ServerAuth,
+    /// id-kp-clientAuth.
+    ClientAuth,
+    /// id-kp-OCSPSigning.
+    OcspSigning,
+}
+
+/// What a profile does with a SPIFFE ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpiffeIdRule {
+    /// Exactly one SPIFFE ID (with a path) is required.
+    Required,
+    /// The trust domain's own ID (`spiffe://<td>`, no path), as on CA certificates.
+    TrustDomain,
+    /// No URI SAN at all.
+    Forbidden,
+}
+
+/// One row of the profile table: everything about a certificate that the requester does
+/// not get to choose.
+#[derive(Debug)]
+pub struct Profile {
+    /// Name used in configuration, policy and the store.
+    pub name: &'static str,
+    /// The issuer that signs it (`*`: any issuer, e.g. its own OCSP signer).
+    pub issuer: &'static str,
+    /// Key usages (always critical).
+    pub key_usages: &'static [KeyUsagePurpose],
+    /// Extended key usages.
+    pub ekus: &'static [Eku],
+    /// SPIFFE ID handling.
+    pub spiffe_id: SpiffeIdRule,
+    /// Whether DNS and IP SANs may be requested.
+    pub names_allowed: bool,
+    /// `Some(pathLen)` for CA certificates.
+    pub ca_path_len: Option<u8>,
+    /// Adds id-pkix-ocsp-nocheck (delegated OCSP responders).
+    pub ocsp_nocheck: bool,
+    /// Common name must start with this (kubelet: `system:node:`).
+    pub cn_prefix: Option<&'static str>,
+    /// Organisations always written (kubelet: `system:nodes`); others are refused.
+    pub organizations: &'static [&'static str],
+    /// Hard cap on lifetime, whatever policy allows.
+    pub max_ttl: Duration,
+}
+
+use std::time::Duration;
+use KeyUsagePurpose::{CrlSign, DigitalSignature, KeyAgreement, KeyCertSign, KeyEncipherment};
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// The profile table. Adding a kind of certificate means adding a row here.
+pub const PROFILES: &[Profile] = &[
+    Profile {
+        name: "x509-svid",
+        issuer: super::WORKLOADS,
+        key_usages: &[DigitalSignature, KeyEncipherment, KeyAgreement],
+        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Required,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(DAY),
+    },
+    Profile {
+        name: "spire-intermediate",
+        issuer: super::SPIRE_UPSTREAM,
+        key_usages: &[KeyCertSign, CrlSign],
+        ekus: &[],
+        spiffe_id: SpiffeIdRule::TrustDomain,
+        names_allowed: false,
+        ca_path_len: Some(0),
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "node",
+        issuer: super::NODES,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Required,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(30 * DAY),
+    },
+    Profile {
+        name: "core-server",
+        issuer: super::NODES,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ServerAuth],
+        spiffe_id: SpiffeIdRule::Required,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(30 * DAY),
+    },
+    Profile {
+        name: "kubelet-client",
+        issuer: super::NODES,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: Some("system:node:"),
+        organizations: &["system:nodes"],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kubelet-serving",
+        issuer: super::NODES,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ServerAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: Some("system:node:"),
+        organizations: &["system:nodes"],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kube-apiserver",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ServerAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kube-apiserver-kubelet-client",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &["kubeadm:cluster-admins"],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "etcd-server",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "etcd-peer",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "etcd-client",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "front-proxy-client",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature, KeyEncipherment],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "ocsp-signer",
+        issuer: "*",
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::OcspSigning],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: true,
+        cn_prefix: None,
+        organizations: &[],
+        max_ttl: Duration::from_secs(7 * DAY),
+    },
+];
+
+/// Looks up a profile by name.
+pub fn profile(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
+/// The identity a requester asks a profile for. Everything else comes from the profile.
+#[derive(Clone, Debug, Default)]
+pub struct LeafRequest {
+    /// Subject common name.
+    pub common_name: Option<String>,
+    /// Subject organisations (only those the profile fixes are accepted).
+    pub organizations: Vec<String>,
+    /// SPIFFE ID for URI SAN.
+    pub spiffe_id: Option<String>,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// IP SANs.
+    pub ips: Vec<IpAddr>,
+}
+
+impl Profile {
+    /// Builds certificate parameters for `req`, refusing anything the profile does not allow.
+    /// `trust_domain_id` is `spiffe://<td>`.
+    pub fn build(
+        &self,
+        trust_domain_id: &str,
+        req: &LeafRequest,
+    ) -> Result<CertificateParams, CaError> {
+        let bad = |m: String| CaError::InvalidRequest(format!("profile {}: {m}", self.name));
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if self.organizations.is_empty() {
+            dn.push(DnType::OrganizationName, ORGANIZATION);
+        }
+        for o in &req.organizations {
+            if !self.organizations.contains(&o.as_str()) {
+                return Err(bad(format!("organization {o:?} is not allowed")));
+            }
+        }
+        for o in self.organizations {
+            dn.push(DnType::OrganizationName, *o);
+        }
+        if let Some(prefix) = self.cn_prefix {
+            match &req.common_name {
+                Some(cn) if cn.starts_with(prefix) && cn.len() > prefix.len() => {}
+                _ => return Err(bad(format!("common name must be {prefix}<name>"))),
+            }
+        }
+        if let Some(cn) = &req.common_name {
+            if cn.is_empty() || cn.len() > 64 {
+                return Err(bad("common name must be 1 to 64 characters".into()));
+            }
+            dn.push(DnType::CommonName, cn.as_str());
+        }
+        p.distinguished_name = dn;
+        let mut sans = Vec::new();
+        match (self.spiffe_id, &req.spiffe_id) {
+            (SpiffeIdRule::Required, Some(id)) => sans.push(uri(id)?),
+            (SpiffeIdRule::Required, None) => return Err(bad("a SPIFFE ID is required".into())),
+            (SpiffeIdRule::TrustDomain, _) => sans.push(uri(trust_domain_id)?),
+            (SpiffeIdRule::Forbidden, Some(_)) => {
+                return Err(bad("a SPIFFE ID is not allowed".into()))
+            }
+            (SpiffeIdRule::Forbidden, None) => {}
+        }
+        if !self.names_allowed && (!req.dns_names.is_empty() || !req.ips.is_empty()) {
+            return Err(bad("DNS and IP names are not allowed".into()));
+        }
+        for d in &req.dns_names {
+            sans.push(dns(d)?);
+        }
+        sans.extend(req.ips.iter().copied().map(SanType::IpAddress));
+        p.subject_alt_names = sans;
+        p.key_usages = self.key_usages.to_vec();
+        p.extended_key_usages = self
+            .ekus
+            .iter()
+            .map(|e| match e {
+                Eku::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+                Eku::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+                Eku::OcspSigning => ExtendedKeyUsagePurpose::OcspSigning,
+            })
+            .collect();
+        p.is_ca = match self.ca_path_len {
+            Some(n) => IsCa::Ca(BasicConstraints::Constrained(n)),
+            None => IsCa::ExplicitNoCa,
+        };
+        if self.ocsp_nocheck {
+            // id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1), value NULL.
+            p.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    &[1, 3, 6, 1, 5, 5, 7, 48, 1, 5],
+                    vec![0x05, 0x00],
+                ));
+        }
+        p.use_authority_key_identifier_extension = true;
+        Ok(p)
     }
-    sans.extend(ips.iter().copied().map(SanType::IpAddress));
-    p.subject_alt_names = sans;
-    p.use_authority_key_identifier_extension = true;
-    Ok(p)
 }

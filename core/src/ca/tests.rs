@@ -550,7 +550,7 @@ fn root_rotation_keeps_every_valid_certificate_verifiable() {
     // A certificate under the old chain no longer verifies against the new bundle alone.
     let (ok, _) = verify_at(
         dir.path(),
-        &[r2.clone()],
+        std::slice::from_ref(&r2),
         &leaves[0].1,
         &leaves[0].0,
         t0 + 50,

@@ -172,6 +172,11 @@ impl Store {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
+    /// The schema version this build migrates databases to.
+    pub fn latest_schema_version() -> i64 {
+        migrations::latest()
+    }
+
     /// The schema version now in force.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         let conn = self.conn()?;
