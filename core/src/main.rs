@@ -62,6 +62,93 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Revoke and list issued certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the OCSP responder on its own, against core's store.
+    Ocsp {
+        #[command(subcommand)]
+        command: OcspCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Revoke a certificate by serial (hex) or by its PEM/DER file.
+    Revoke {
+        /// Serial number in hex, or the path of the certificate file.
+        target: String,
+        /// RFC 5280 reason: keyCompromise, cACompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, privilegeWithdrawn, aACompromise, unspecified.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Issuer name (root, nodes, workloads), when a serial alone is ambiguous.
+        #[arg(long, default_value = "")]
+        issuer: String,
+    },
+    /// List issued certificates, newest first.
+    List {
+        /// Only revoked certificates.
+        #[arg(long)]
+        revoked: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum OcspCommand {
+    /// Serve OCSP and CRLs from core's store ([http] section of the core configuration).
+    Serve {
+        /// Core configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn read_cert_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if data.windows(10).any(|w| w == b"-----BEGIN") {
+        // PEM, perhaps with comments or a chain: the first CERTIFICATE block is the leaf.
+        let blocks = pem::parse_many(&data)
+            .with_context(|| format!("{} is not valid PEM", path.display()))?;
+        return blocks
+            .into_iter()
+            .find(|p| p.tag() == "CERTIFICATE")
+            .map(|p| p.into_contents())
+            .with_context(|| format!("{} holds no CERTIFICATE block", path.display()));
+    }
+    Ok(data)
+}
+
+fn print_cert(c: &pb::CertificateInfo) {
+    let fmt = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| t.to_string())
+    };
+    println!("Serial        : {}", c.serial);
+    println!("Issuer        : {}", c.issuer);
+    println!("Profile       : {}", c.profile);
+    println!("Subject       : {}", c.subject);
+    println!(
+        "Valid         : {} .. {}",
+        fmt(c.not_before_unix),
+        fmt(c.not_after_unix)
+    );
+    if c.revoked {
+        println!(
+            "Revoked       : {} ({})",
+            fmt(c.revoked_at_unix),
+            c.revocation_reason
+        );
+    }
+    println!();
 }
 
 /// How the CLI reaches core's admin socket.
@@ -497,8 +584,54 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", res.token);
         }
+        Command::Cert { command, admin } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            match command {
+                CertCommand::Revoke {
+                    target,
+                    reason,
+                    issuer,
+                } => {
+                    let path = std::path::Path::new(&target);
+                    let (serial, certificate_der) = if path.is_file() {
+                        (String::new(), read_cert_file(path)?)
+                    } else {
+                        (target.clone(), Vec::new())
+                    };
+                    let res = c
+                        .revoke_certificate(pb::RevokeCertificateRequest {
+                            serial,
+                            issuer,
+                            certificate_der,
+                            reason,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    if let Some(cert) = res.certificate {
+                        println!("Revoked certificate");
+                        print_cert(&cert);
+                    }
+                }
+                CertCommand::List { revoked, limit } => {
+                    let res = c
+                        .list_certificates(pb::ListCertificatesRequest {
+                            revoked_only: revoked,
+                            limit,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    println!("Found {} certificates", res.certificates.len());
+                    for cert in &res.certificates {
+                        print_cert(cert);
+                    }
+                }
+            }
+        }
         Command::Serve { .. }
         | Command::Dev(_)
+        | Command::Ocsp { .. }
         | Command::Policy { .. }
         | Command::Bench { .. } => {
             unreachable!("handled in run")
@@ -594,6 +727,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve { config } => {
                 let cfg = CoreConfig::load(&config)?;
                 keygrid_core::server::run(cfg, shutdown_signal()).await
+            }
+            Command::Ocsp {
+                command: OcspCommand::Serve { config },
+            } => {
+                let cfg = CoreConfig::load(&config)?;
+                keygrid_core::revocation::runtime::serve_standalone(cfg, shutdown_signal()).await
             }
             Command::Dev(_) => match dev_plan {
                 Some(plan) => dev::run(plan).await,

@@ -107,6 +107,11 @@ impl DevEnv {
 
     /// Starts `keygrid dev` in an existing data directory (to test restarts).
     pub fn start_in(dir: tempfile::TempDir, svid_ttl: &str) -> Self {
+        Self::start_with_args(dir, svid_ttl, &[])
+    }
+
+    /// Starts `keygrid dev` with extra command-line arguments (e.g. `--http-listen`).
+    pub fn start_with_args(dir: tempfile::TempDir, svid_ttl: &str, extra: &[String]) -> Self {
         softhsm_module();
         let listen = format!("127.0.0.1:{}", free_port());
         let trust_domain = "example.org".to_string();
@@ -121,6 +126,7 @@ impl DevEnv {
             .arg(&trust_domain)
             .arg("--svid-ttl")
             .arg(svid_ttl)
+            .args(extra)
             .env("KEYGRID_AGENT_BIN", bin("keygrid-agent"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod node;
+pub mod revocation;
 pub mod tls;
 
 use crate::issuance::IssueError;
