@@ -4,6 +4,8 @@
 //! A missing tool is a test failure with an install hint, never a skip: these tests are
 //! the proof that KeyGrid works with real components.
 
+pub mod swtpm;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
