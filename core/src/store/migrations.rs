@@ -56,7 +56,17 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
+    // 2: JWT-SVID signing keys (labels in the key backend, never the keys).
+    "CREATE TABLE jwt_keys (
+        kid TEXT PRIMARY KEY,
+        key_label TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
+
+/// The schema version a fresh database ends at.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// The version the database is at (0 for a new database).
 pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
@@ -72,7 +82,7 @@ pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
 /// Applies every migration newer than the database. Refuses a database from a newer KeyGrid.
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     let current = current_version(conn)?;
-    let latest = MIGRATIONS.len() as i64;
+    let latest = LATEST;
     if current > latest {
         return Err(StoreError::Corrupt(format!(
             "database schema version {current} is newer than this KeyGrid understands ({latest}); upgrade KeyGrid"

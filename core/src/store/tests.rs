@@ -55,9 +55,9 @@ fn authority(name: &str, parent: Option<&str>) -> AuthorityRecord {
 }
 
 #[test]
-fn fresh_store_is_at_schema_version_1() {
+fn fresh_store_is_at_the_latest_schema_version() {
     let store = Store::in_memory().unwrap();
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), super::migrations::LATEST);
     assert!(store.authorities().unwrap().is_empty());
     assert_eq!(store.certificate_count().unwrap(), 0);
     assert!(store.entries(None).unwrap().is_empty());
@@ -69,7 +69,7 @@ fn reopening_on_disk_store_keeps_data_and_version() {
     let path = dir.path().join("keygrid.db");
     {
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), super::migrations::LATEST);
         store
             .insert_authorities(
                 &[
@@ -95,8 +95,8 @@ fn reopening_on_disk_store_keeps_data_and_version() {
             .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    // Migrations are not re-applied: still exactly version 1.
-    assert_eq!(store.schema_version().unwrap(), 1);
+    // Migrations are not re-applied: still exactly the latest version.
+    assert_eq!(store.schema_version().unwrap(), super::migrations::LATEST);
     let auths = store.authorities().unwrap();
     assert_eq!(auths.len(), 2);
     assert_eq!(auths[0].name, "root");
