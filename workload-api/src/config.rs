@@ -28,10 +28,74 @@ pub struct AgentConfig {
     /// How often entries and the bundle are synchronised from core.
     #[serde(default = "default_sync_interval", with = "humantime_serde")]
     pub sync_interval: Duration,
+    /// The unix workload attestor.
+    #[serde(default)]
+    pub unix: UnixConfig,
+    /// The Kubernetes workload attestor; off unless `[k8s] enabled = true`.
+    #[serde(default)]
+    pub k8s: Option<K8sConfig>,
 }
 
 fn default_sync_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+/// The unix workload attestor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnixConfig {
+    /// Adds `unix:path:<binary>` (from `/proc/<pid>/exe`) to each caller's selectors.
+    pub discover_workload_path: bool,
+}
+
+impl Default for UnixConfig {
+    fn default() -> Self {
+        UnixConfig {
+            discover_workload_path: true,
+        }
+    }
+}
+
+/// The Kubernetes workload attestor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct K8sConfig {
+    /// Turns the attestor on.
+    pub enabled: bool,
+    /// The kubelet's secure port.
+    pub kubelet_url: String,
+    /// File with the bearer token for the kubelet (re-read on every request).
+    pub token_path: PathBuf,
+    /// PEM CA that signed the kubelet's serving certificate.
+    pub kubelet_ca_path: Option<PathBuf>,
+    /// Accept any kubelet certificate. INSECURE: anything listening on `kubelet_url` could
+    /// then invent pods; only for kubelets with self-signed serving certificates.
+    pub skip_kubelet_verification: bool,
+    /// Give pods `spiffe://<td>/ns/<namespace>/sa/<service-account>` when no entry matches.
+    pub default_identity: bool,
+    /// Where `/proc` is (the host's, when the agent runs in a container).
+    pub proc_root: PathBuf,
+    /// How many times to list pods while a new container is not yet listed.
+    pub max_poll_attempts: u32,
+    /// Pause between those attempts.
+    #[serde(with = "humantime_serde")]
+    pub poll_retry_interval: Duration,
+}
+
+impl Default for K8sConfig {
+    fn default() -> Self {
+        K8sConfig {
+            enabled: false,
+            kubelet_url: "https://127.0.0.1:10250".into(),
+            token_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+            kubelet_ca_path: Some("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into()),
+            skip_kubelet_verification: false,
+            default_identity: true,
+            proc_root: "/proc".into(),
+            max_poll_attempts: 60,
+            poll_retry_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 impl AgentConfig {

@@ -7,6 +7,7 @@ use keygrid_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::attestor::Attestor;
 use crate::config::AgentConfig;
 use crate::{cache, node_client::CoreClient, workload::WorkloadApi};
 
@@ -18,6 +19,7 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let attestor = std::sync::Arc::new(Attestor::from_config(&cfg)?);
     let core = CoreClient::start(cfg.clone()).await?;
     let cache = cache::start(core.clone(), cfg.trust_domain.clone(), cfg.sync_interval);
 
@@ -35,7 +37,11 @@ pub async fn run(
     tracing::info!(node = %core.node_id(), socket = %cfg.socket_path.display(), "keygrid agent ready");
 
     tonic::transport::Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(cache)))
+        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(
+            cache,
+            core.clone(),
+            attestor,
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("Workload API server failed")?;
