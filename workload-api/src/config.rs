@@ -34,6 +34,9 @@ pub struct AgentConfig {
     /// The Kubernetes workload attestor; off unless `[k8s] enabled = true`.
     #[serde(default)]
     pub k8s: Option<K8sConfig>,
+    /// Envoy SDS on the Workload API socket.
+    #[serde(default)]
+    pub sds: crate::sds::SdsConfig,
 }
 
 fn default_sync_interval() -> Duration {

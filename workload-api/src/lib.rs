@@ -12,5 +12,6 @@ pub mod config;
 pub mod identity;
 pub mod jwt;
 pub mod node_client;
+pub mod sds;
 pub mod server;
 pub mod workload;

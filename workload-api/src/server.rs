@@ -9,7 +9,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::attestor::Attestor;
 use crate::config::AgentConfig;
+use crate::sds::SdsService;
 use crate::{cache, node_client::CoreClient, workload::WorkloadApi};
+use keygrid_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
@@ -36,12 +38,20 @@ pub async fn run(
     std::fs::set_permissions(&cfg.socket_path, std::fs::Permissions::from_mode(0o777))?;
     tracing::info!(node = %core.node_id(), socket = %cfg.socket_path.display(), "keygrid agent ready");
 
+    let sds = cfg.sds.enabled.then(|| {
+        SecretDiscoveryServiceServer::new(SdsService::new(
+            cache.clone(),
+            attestor.clone(),
+            cfg.sds.clone(),
+        ))
+    });
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(
             cache,
             core.clone(),
             attestor,
         )))
+        .add_optional_service(sds)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("Workload API server failed")?;
