@@ -175,7 +175,8 @@ async fn go_spiffe_fetches_rotates_and_validates() {
     assert_eq!(expired["remote"]["ok"], false, "{expired}");
     assert_eq!(expired["remote"]["code"], "InvalidArgument");
     assert_eq!(expired["remote"]["message"], "token has expired");
-    assert_eq!(expired["local"]["ok"], false);
+    // go-spiffe's local check allows go-jose's one-minute clock-skew leeway, so only the
+    // agent's answer is asserted here; the agent allows no leeway.
 }
 
 #[tokio::test(flavor = "multi_thread")]
