@@ -237,37 +237,48 @@ impl Drop for DevEnv {
     }
 }
 
-/// Builds the go-spiffe test client (`integration/go/spiffe-client`) with `go build`,
-/// once per test process, and returns the binary. Go fetches go-spiffe from the module
-/// proxy on first use.
+/// Builds the go-spiffe test client (`integration/go/spiffe-client`) and returns it.
 pub fn go_spiffe_client() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let go = require_tool(
-                "go",
-                "install Go (https://go.dev/doc/install; scripts/install-deps.sh test does it)",
-            );
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/spiffe-client");
-            let out_dir = std::env::temp_dir().join(format!("keygrid-go-{}", std::process::id()));
-            std::fs::create_dir_all(&out_dir).expect("create go output dir");
-            let out = out_dir.join("spiffe-client");
-            let result = run(Command::new(go)
-                .current_dir(&src)
-                .env("GOFLAGS", "-mod=mod")
-                .arg("build")
-                .arg("-o")
-                .arg(&out)
-                .arg("."));
-            assert!(
-                result.status.success(),
-                "go build of {} failed:\n{}",
-                src.display(),
-                String::from_utf8_lossy(&result.stderr)
-            );
-            out
-        })
-        .clone()
+    go_program("spiffe-client")
+}
+
+/// Builds the SDS test client on go-control-plane (`integration/go/sds-client`).
+pub fn go_sds_client() -> PathBuf {
+    go_program("sds-client")
+}
+
+/// Builds the Go program in `integration/go/<name>` with `go build`, once per test
+/// process, and returns the binary. Go fetches its modules from the module proxy on first
+/// use.
+pub fn go_program(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let go = require_tool(
+        "go",
+        "install Go (https://go.dev/doc/install; scripts/install-deps.sh test does it)",
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(name);
+    let out_dir = std::env::temp_dir().join(format!("keygrid-go-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("create go output dir");
+    let out = out_dir.join(name);
+    let result = run(Command::new(go)
+        .current_dir(&src)
+        .env("GOFLAGS", "-mod=mod")
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg("."));
+    assert!(
+        result.status.success(),
+        "go build of {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.push((name.to_string(), out.clone()));
+    out
 }
 
 /// A `keygrid-agent` started by a test with its own configuration, next to a `DevEnv`'s
