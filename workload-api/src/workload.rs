@@ -210,14 +210,13 @@ where
         loop {
             let snap = rx.borrow_and_update().clone();
             match compose(&snap) {
-                Some(Ok(msg)) => {
-                    if !(dedup && last.as_ref() == Some(&msg)) {
-                        if tx.send(Ok(msg.clone())).await.is_err() {
-                            return;
-                        }
-                        last = Some(msg);
+                Some(Ok(msg)) if !(dedup && last.as_ref() == Some(&msg)) => {
+                    if tx.send(Ok(msg.clone())).await.is_err() {
+                        return;
                     }
+                    last = Some(msg);
                 }
+                Some(Ok(_)) => {}
                 Some(Err(status)) => {
                     let _ = tx.send(Err(status)).await;
                     return;
