@@ -166,6 +166,28 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_agent_sections_parse() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("## Agent").unwrap();
+        let block = &doc[start..];
+        let toml_start = block.find("```toml\n").unwrap() + 8;
+        let toml_end = block[toml_start..].find("```").unwrap();
+        let mut text = block[toml_start..toml_start + toml_end].to_string();
+        text = text.replace("enabled = false", "enabled = true");
+        let cfg = AgentConfig::parse(&text, Path::new("doc.toml")).unwrap();
+        let k8s = cfg.k8s.unwrap();
+        assert!(k8s.enabled && k8s.default_identity && !k8s.skip_kubelet_verification);
+        assert_eq!(k8s.poll_retry_interval, Duration::from_millis(500));
+        assert_eq!(cfg.sds.default_bundle_name, "ROOTCA");
+        assert!(cfg.unix.discover_workload_path);
+        assert!(AgentConfig::parse(
+            &(base() + "[k8s]\nkubelet_urll = \"x\"\n"),
+            Path::new("a.toml")
+        )
+        .is_err());
+    }
+
+    #[test]
     fn unknown_fields_are_errors() {
         let text = base() + "sokcet = 1\n";
         let err = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err();
