@@ -34,6 +34,9 @@ pub struct CoreConfig {
     /// Node (agent) attestation and credentials.
     #[serde(default)]
     pub nodes: NodesConfig,
+    /// Issuance policy rules (`[[policy]]` tables), checked on every issuance path.
+    #[serde(default)]
+    pub policy: Vec<crate::policy::PolicyRule>,
 }
 
 /// Network endpoints of core.
@@ -104,6 +107,13 @@ pub struct CaConfig {
     /// Issuing CA lifetime.
     #[serde(with = "humantime_serde")]
     pub issuer_ttl: Duration,
+    /// How long a rotated CA is published before it signs (`keygrid ca rotate` default).
+    #[serde(with = "humantime_serde")]
+    pub rotation_preparation: Duration,
+    /// DNS name constraints of the control-plane CA, e.g. `["cluster.local", "example.internal"]`.
+    pub control_plane_dns: Vec<String>,
+    /// IP name constraints of the control-plane CA, CIDR, e.g. `["10.96.0.0/12"]`.
+    pub control_plane_ips: Vec<String>,
 }
 
 impl Default for CaConfig {
@@ -113,8 +123,27 @@ impl Default for CaConfig {
             root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
             issuer_algorithm: KeyAlgorithm::EcdsaP384,
             issuer_ttl: Duration::from_secs(365 * 24 * 3600),
+            rotation_preparation: Duration::from_secs(3600),
+            control_plane_dns: Vec::new(),
+            control_plane_ips: Vec::new(),
         }
     }
+}
+
+/// Parses `10.0.0.0/8` or `fd00::/8` into an address and prefix length.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not CIDR notation (address/prefix)"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?}: bad IP address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| format!("{s:?}: bad prefix length"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!("{s:?}: prefix longer than {max}"));
+    }
+    Ok((addr, prefix))
 }
 
 /// X.509-SVID issuance.
@@ -241,6 +270,34 @@ impl CoreConfig {
                 "server.serving_cert_ttl must be at least 1m".into(),
             ));
         }
+        if let Err(e) = crate::policy::Policy::new(cfg.policy.clone()) {
+            // Point at the `[[policy]]` table the error names (policy[i]).
+            let index = e
+                .split_once("policy[")
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .and_then(|(i, _)| i.parse::<usize>().ok());
+            let line = index.and_then(|i| {
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.trim_start().starts_with("[[policy]]"))
+                    .nth(i)
+                    .map(|(n, _)| n + 1)
+            });
+            return Err(invalid(match line {
+                Some(n) => format!("line {n}: {e}"),
+                None => e,
+            }));
+        }
+        for c in &cfg.ca.control_plane_ips {
+            parse_cidr(c).map_err(|e| invalid(format!("ca.control_plane_ips: {e}")))?;
+        }
+        for d in &cfg.ca.control_plane_dns {
+            if d.is_empty() || d.contains(['/', ' ', '*']) {
+                return Err(invalid(format!(
+                    "ca.control_plane_dns: {d:?} is not a DNS name"
+                )));
+            }
+        }
         if cfg.data_dir.is_relative() {
             // Relative paths are taken from the config file's directory, not the caller's cwd.
             if let Some(base) = path.parent() {
@@ -248,6 +305,34 @@ impl CoreConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The compiled policy (validated when the file was parsed).
+    pub fn compiled_policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy::new(self.policy.clone()).unwrap_or_default()
+    }
+
+    /// The CA hierarchy settings this configuration asks for.
+    pub fn hierarchy_settings(&self) -> crate::ca::HierarchySettings {
+        let mut s = crate::ca::HierarchySettings::new(
+            &self.trust_domain,
+            self.ca.root_algorithm,
+            self.ca.issuer_algorithm,
+        );
+        s.root_ttl = self.ca.root_ttl;
+        s.issuer_ttl = self.ca.issuer_ttl;
+        s.control_plane_constraints = crate::ca::profiles::IssuerConstraints {
+            uri_host: None,
+            dns: self.ca.control_plane_dns.clone(),
+            // Validated in `parse`.
+            ips: self
+                .ca
+                .control_plane_ips
+                .iter()
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect(),
+        };
+        s
     }
 
     /// The admin socket path.
@@ -328,6 +413,23 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("trust_domain"), "{err}");
+    }
+
+    #[test]
+    fn policy_errors_point_at_the_rule_line() {
+        let text = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n\n[[policy]]\nprofiles = [\"*\"]\n\n[[policy]]\nname = \"keys\"\nprofiles = [\"x509-svid\"]\nallowed_keys = [\"rsa-1024\"]\n";
+        let err = CoreConfig::parse(text, Path::new("core.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 7") && err.contains("keys") && err.contains("rsa-1024"),
+            "{err}"
+        );
+        let typo = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[[policy]]\nprofiles = [\"*\"]\nmax_tll = \"1h\"\n";
+        let err = CoreConfig::parse(typo, Path::new("core.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_tll") && err.contains("line 5"), "{err}");
     }
 
     #[test]

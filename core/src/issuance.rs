@@ -13,7 +13,8 @@ use time::OffsetDateTime;
 
 use crate::ca::{self, profiles, Authority, CaError, Hierarchy, Issued};
 use crate::jwt::{self, JwtIssuer, SignedJwt};
-use crate::store::{CertificateRecord, EntryRecord, NodeRecord, Store, StoreError};
+use crate::policy::{csr_key_info, Decision, Policy, PolicyRequest};
+use crate::store::{CertificateRecord, EntryRecord, EventRecord, NodeRecord, Store, StoreError};
 
 /// The largest CSR accepted. Real CSRs are well under 2 KiB.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -99,6 +100,7 @@ pub struct MintedSvid {
 pub struct Issuance {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
+    policy: Policy,
     settings: IssuanceSettings,
 }
 
@@ -120,6 +122,7 @@ fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> 
 fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> CertificateRecord {
     CertificateRecord {
         issuer: issuer.name().to_string(),
+        issuer_generation: issued.issuer_generation,
         serial: issued.serial_hex.clone(),
         profile: profile.to_string(),
         subject: subject.to_string(),
@@ -136,12 +139,62 @@ pub const PROFILE_X509_SVID: &str = "x509-svid";
 
 impl Issuance {
     /// Creates the service.
-    pub fn new(store: Arc<Store>, ca: Arc<Hierarchy>, settings: IssuanceSettings) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        ca: Arc<Hierarchy>,
+        policy: Policy,
+        settings: IssuanceSettings,
+    ) -> Self {
         Issuance {
             store,
             ca,
+            policy,
             settings,
         }
+    }
+
+    /// Asks the policy engine; a refusal is recorded as an event (and nothing else is
+    /// written) and becomes PermissionDenied naming the rule.
+    fn apply_policy(
+        &self,
+        actor: &str,
+        subject: &str,
+        req: &PolicyRequest,
+    ) -> Result<Duration, IssueError> {
+        match self.policy.check(req) {
+            Decision::Allow { ttl, notes } => {
+                for n in notes {
+                    tracing::info!(%actor, %subject, profile = %req.profile, "{n}");
+                }
+                Ok(ttl)
+            }
+            Decision::Refuse { rule, reason } => {
+                self.refuse(actor, subject, &rule, &reason)?;
+                Err(IssueError::PermissionDenied(format!(
+                    "refused by policy rule {rule}: {reason}"
+                )))
+            }
+        }
+    }
+
+    /// Records a refusal. If even that fails, the request fails as an internal error.
+    fn refuse(
+        &self,
+        actor: &str,
+        subject: &str,
+        rule: &str,
+        reason: &str,
+    ) -> Result<(), IssueError> {
+        tracing::warn!(%actor, %subject, %rule, %reason, "issuance refused");
+        self.store.record_event(&EventRecord {
+            at: OffsetDateTime::now_utc().unix_timestamp(),
+            kind: "policy_refusal".into(),
+            actor: actor.to_string(),
+            subject: subject.to_string(),
+            rule: rule.to_string(),
+            detail: reason.to_string(),
+        })?;
+        Ok(())
     }
 
     /// The CA hierarchy.
@@ -167,7 +220,8 @@ impl Issuance {
             .store
             .join_token_agent(&token_hash, now.unix_timestamp())?
             .ok_or_else(|| IssueError::PermissionDenied("unknown or expired join token".into()))?;
-        let (issued, cert) = self.sign_node(&agent_id, &csr, now)?;
+        let (issued, cert, nodes_ca) =
+            self.sign_node(&agent_id, "join_token", csr_der, &csr, now)?;
         let node = NodeRecord {
             spiffe_id: agent_id.clone(),
             attestation: "join_token".into(),
@@ -188,7 +242,7 @@ impl Issuance {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(node = %agent_id, serial = %issued.serial_hex, "node attested with join token");
-        Ok(self.node_credential(agent_id, issued))
+        Ok(self.node_credential(agent_id, issued, &nodes_ca))
     }
 
     /// Issues a fresh node certificate to an already authenticated node.
@@ -199,7 +253,8 @@ impl Issuance {
             .store
             .node(node_id)?
             .ok_or_else(|| IssueError::PermissionDenied("node is not registered".into()))?;
-        let (issued, cert) = self.sign_node(node_id, &csr, now)?;
+        let (issued, cert, nodes_ca) =
+            self.sign_node(node_id, &existing.attestation, csr_der, &csr, now)?;
         let node = NodeRecord {
             serial: issued.serial_hex.clone(),
             not_after: issued.not_after,
@@ -207,26 +262,41 @@ impl Issuance {
         };
         self.store.renew_node(&node, &cert, now.unix_timestamp())?;
         tracing::info!(node = %node_id, serial = %issued.serial_hex, "node certificate renewed");
-        Ok(self.node_credential(node_id.to_string(), issued))
+        Ok(self.node_credential(node_id.to_string(), issued, &nodes_ca))
     }
 
     fn sign_node(
         &self,
         node_id: &str,
+        attestation: &str,
+        csr_der: &[u8],
         csr: &CertificateSigningRequestParams,
         now: OffsetDateTime,
-    ) -> Result<(Issued, CertificateRecord), IssueError> {
+    ) -> Result<(Issued, CertificateRecord, Arc<Authority>), IssueError> {
+        let key = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
+        let ttl = self.apply_policy(
+            node_id,
+            node_id,
+            &PolicyRequest {
+                profile: PROFILE_NODE.into(),
+                key: Some(key),
+                ttl: self.settings.node_cert_ttl,
+                spiffe_id: Some(node_id.to_string()),
+                attestation: attestation.to_string(),
+                ..Default::default()
+            },
+        )?;
         let params = profiles::node(node_id)?;
         let nodes = self.ca.nodes();
-        let issued = nodes.sign(params, &csr.public_key, self.settings.node_cert_ttl, now)?;
-        let cert = record(nodes, PROFILE_NODE, node_id, &issued);
-        Ok((issued, cert))
+        let issued = nodes.sign(params, &csr.public_key, ttl, now)?;
+        let cert = record(&nodes, PROFILE_NODE, node_id, &issued);
+        Ok((issued, cert, nodes))
     }
 
-    fn node_credential(&self, spiffe_id: String, issued: Issued) -> NodeCredential {
+    fn node_credential(&self, spiffe_id: String, issued: Issued, ca: &Authority) -> NodeCredential {
         NodeCredential {
             spiffe_id,
-            chain: vec![issued.der, self.ca.nodes().cert_der().to_vec()],
+            chain: vec![issued.der, ca.cert_der().to_vec()],
         }
     }
 
@@ -240,9 +310,13 @@ impl Issuance {
             |why: &str| IssueError::PermissionDenied(format!("not a node credential: {why}"));
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
             .map_err(|_| denied("certificate does not parse"))?;
-        let (_, nodes_ca) = x509_parser::parse_x509_certificate(self.ca.nodes().cert_der())
-            .map_err(|_| IssueError::Internal)?;
-        if leaf.issuer().as_raw() != nodes_ca.subject().as_raw() {
+        // Any generation of the nodes CA: a node keeps its certificate across a rotation.
+        let from_nodes_ca = self.ca.generations_of(crate::ca::NODES).iter().any(|ca| {
+            x509_parser::parse_x509_certificate(ca.cert_der())
+                .map(|(_, c)| c.subject().as_raw() == leaf.issuer().as_raw())
+                .unwrap_or(false)
+        });
+        if !from_nodes_ca {
             return Err(denied("not issued by the nodes CA"));
         }
         let spiffe_id = leaf
@@ -259,7 +333,7 @@ impl Issuance {
         let serial = hex::encode(leaf.raw_serial());
         let rec = self
             .store
-            .certificate(self.ca.nodes().name(), &serial)?
+            .certificate(crate::ca::NODES, &serial)?
             .ok_or_else(|| denied("unknown certificate"))?;
         if rec.profile != PROFILE_NODE || rec.subject != spiffe_id {
             return Err(denied("certificate was not issued to this node"));
@@ -277,7 +351,7 @@ impl Issuance {
 
     /// Decides which identity a node may have minted: the entry `entry_id` if the node is
     /// its parent, else (with `entry_id` empty) the pod default ID `default_spiffe_id` if
-    /// default identities are enabled. Anything else is refused and logged for audit.
+    /// default identities are enabled. Anything else is refused and recorded as an event.
     pub fn authorize_identity(
         &self,
         node_id: &str,
@@ -285,17 +359,21 @@ impl Issuance {
         default_spiffe_id: &str,
     ) -> Result<AuthorizedIdentity, IssueError> {
         if !entry_id.is_empty() {
-            let entry = self
+            let Some(entry) = self
                 .store
                 .entry(entry_id)?
                 .filter(|e| e.parent_id == node_id)
-                .ok_or_else(|| {
-                    tracing::warn!(target: "keygrid::audit", node = %node_id, entry = %entry_id,
-                        "refused: node asked for an entry it is not the parent of");
-                    IssueError::PermissionDenied(format!(
-                        "node {node_id} is not authorised for entry {entry_id}"
-                    ))
-                })?;
+            else {
+                self.refuse(
+                    node_id,
+                    entry_id,
+                    "entry-parent",
+                    "node asked for an entry it is not the parent of",
+                )?;
+                return Err(IssueError::PermissionDenied(format!(
+                    "node {node_id} is not authorised for entry {entry_id}"
+                )));
+            };
             return Ok(AuthorizedIdentity {
                 spiffe_id: entry.spiffe_id,
                 dns_names: entry.dns_names,
@@ -311,9 +389,12 @@ impl Issuance {
         let allowed = self.settings.default_identities
             && crate::default_identity::parse_default_id(default_spiffe_id, td).is_some();
         if !allowed {
-            tracing::warn!(target: "keygrid::audit", node = %node_id, spiffe_id = %default_spiffe_id,
-                default_identities = self.settings.default_identities,
-                "refused: node asked for an identity outside its scope");
+            let reason = if self.settings.default_identities {
+                "node asked for an identity outside its scope: no entry grants it and it is not a pod default identity"
+            } else {
+                "node asked for an identity outside its scope: default identities are disabled"
+            };
+            self.refuse(node_id, default_spiffe_id, "default-identity", reason)?;
             return Err(IssueError::PermissionDenied(format!(
                 "node {node_id} is not authorised for {default_spiffe_id}: no entry and no default identity allows it"
             )));
@@ -347,14 +428,63 @@ impl Issuance {
         default_spiffe_id: &str,
         csr_der: &[u8],
     ) -> Result<MintedSvid, IssueError> {
-        let csr = parse_csr(csr_der)?;
+        let subject = if entry_id.is_empty() {
+            default_spiffe_id
+        } else {
+            entry_id
+        };
+        let csr = match parse_csr(csr_der) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refuse(node_id, subject, "csr", &e.to_string())?;
+                return Err(e);
+            }
+        };
         let identity = self.authorize_identity(node_id, entry_id, default_spiffe_id)?;
-        let ttl = if identity.ttl_seconds > 0 {
+        // Defence in depth: an identity outside the trust domain is never served.
+        if let Err(reason) = crate::identity::member_id(&identity.spiffe_id, self.ca.trust_domain())
+        {
+            self.refuse(node_id, &identity.spiffe_id, "trust-domain", &reason)?;
+            return Err(IssueError::PermissionDenied(format!(
+                "refused by rule trust-domain: {reason}"
+            )));
+        }
+        // A CSR may not ask for names the entry does not grant: refuse rather than ignore.
+        let granted = |san: &rcgen::SanType| match san {
+            rcgen::SanType::URI(u) => u.as_str() == identity.spiffe_id,
+            rcgen::SanType::DnsName(d) => identity.dns_names.iter().any(|n| n == d.as_str()),
+            _ => false,
+        };
+        if let Some(extra) = csr.params.subject_alt_names.iter().find(|s| !granted(s)) {
+            let reason = format!("csr requests a name the entry does not grant: {extra:?}");
+            self.refuse(node_id, &identity.spiffe_id, "csr-names", &reason)?;
+            return Err(IssueError::InvalidArgument(reason));
+        }
+        let requested = if identity.ttl_seconds > 0 {
             Duration::from_secs(identity.ttl_seconds as u64)
         } else {
             self.settings.default_svid_ttl
         }
         .min(self.settings.max_svid_ttl);
+        let attestation = self
+            .store
+            .node(node_id)?
+            .map(|n| n.attestation)
+            .unwrap_or_default();
+        let key = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
+        let ttl = self.apply_policy(
+            node_id,
+            &identity.spiffe_id,
+            &PolicyRequest {
+                profile: PROFILE_X509_SVID.into(),
+                key: Some(key),
+                ttl: requested,
+                spiffe_id: Some(identity.spiffe_id.clone()),
+                dns_names: identity.dns_names.clone(),
+                attestation,
+                ..Default::default()
+            },
+        )?;
         let now = OffsetDateTime::now_utc();
         let params = profiles::x509_svid(&identity.spiffe_id, &identity.dns_names)?;
         let workloads = self.ca.workloads();
@@ -363,7 +493,7 @@ impl Issuance {
             tracing::warn!(spiffe_id = %identity.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
         }
         self.store.record_certificate(&record(
-            workloads,
+            &workloads,
             PROFILE_X509_SVID,
             &identity.spiffe_id,
             &issued,
@@ -386,6 +516,13 @@ impl Issuance {
     ) -> Result<(String, SignedJwt), IssueError> {
         jwt::check_audience(audience).map_err(|e| IssueError::InvalidArgument(e.to_string()))?;
         let identity = self.authorize_identity(node_id, entry_id, default_spiffe_id)?;
+        if let Err(reason) = crate::identity::member_id(&identity.spiffe_id, self.ca.trust_domain())
+        {
+            self.refuse(node_id, &identity.spiffe_id, "trust-domain", &reason)?;
+            return Err(IssueError::PermissionDenied(format!(
+                "refused by rule trust-domain: {reason}"
+            )));
+        }
         let signed = jwt
             .sign(
                 &identity.spiffe_id,

@@ -14,5 +14,6 @@ pub mod identity;
 pub mod issuance;
 pub mod jwt;
 pub mod keys;
+pub mod policy;
 pub mod server;
 pub mod store;

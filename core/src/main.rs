@@ -45,6 +45,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Explain what the configured policy decides for a CSR, without issuing anything.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Manage join tokens for node attestation.
     Token {
         #[command(subcommand)]
@@ -79,8 +84,22 @@ impl AdminArgs {
 
 #[derive(Subcommand)]
 enum CaCommand {
-    /// Show the hierarchy: names, algorithms, key locations, fingerprints, validity.
+    /// Show the hierarchy: every generation with algorithm, key location, fingerprint,
+    /// validity, and whether it signs now / is in the trust bundle.
     Show,
+    /// Create the hierarchy (keys in the configured HSM) without starting core; prints it.
+    /// Needs `--config`.
+    Init,
+    /// Rotate an issuing CA, or the root (and everything under it): the new generation is
+    /// published at once and signs after the preparation window.
+    Rotate {
+        /// `root`, `control-plane`, `nodes`, `spire-upstream` or `workloads`.
+        issuer: String,
+        /// Preparation window before the new generation signs (default: core's
+        /// `ca.rotation_preparation`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        prepare: Option<Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +132,37 @@ enum EntryCommand {
         /// Entry ID.
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a CSR (PEM or DER) against the `[[policy]]` rules of a core configuration.
+    /// Exits 0 when allowed, 1 when refused.
+    Check {
+        /// The CSR file.
+        csr: PathBuf,
+        /// Core configuration holding the policy.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Profile to check against (x509-svid, node, kubelet-client, ...).
+        #[arg(long, default_value = "x509-svid")]
+        profile: String,
+        /// SPIFFE ID the certificate would carry.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// DNS name the certificate would carry (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// IP address the certificate would carry (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Requested lifetime.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How the requester attested (join_token, tpm, admin).
+        #[arg(long, default_value = "join_token")]
+        attestation: String,
     },
 }
 
@@ -171,6 +221,144 @@ fn print_entry(e: &pb::Entry) {
     println!();
 }
 
+fn fmt_time(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn print_ca(res: &pb::ShowCaResponse) {
+    println!("trust bundle sequence {}", res.bundle_sequence);
+    for a in &res.authorities {
+        let root = a.parent.is_empty();
+        let (head, pad) = if root {
+            ("", "   ")
+        } else {
+            ("  └─ ", "       ")
+        };
+        let mut flags = Vec::new();
+        if a.active {
+            flags.push("active");
+        } else if a.activate_at_unix > time::OffsetDateTime::now_utc().unix_timestamp() {
+            flags.push("prepared");
+        } else {
+            flags.push("superseded");
+        }
+        if a.in_bundle {
+            flags.push("in bundle");
+        }
+        println!(
+            "{head}{} #{} [{}] ({})",
+            a.name,
+            a.generation,
+            flags.join(", "),
+            a.subject
+        );
+        println!("{pad}algorithm:   {}", a.algorithm);
+        println!("{pad}key:         {}", a.key_location);
+        println!("{pad}sha256:      {}", a.sha256_fingerprint);
+        println!(
+            "{pad}valid:       {} .. {}",
+            fmt_time(a.not_before_unix),
+            fmt_time(a.not_after_unix)
+        );
+        println!("{pad}signs from:  {}", fmt_time(a.activate_at_unix));
+    }
+}
+
+fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = CoreConfig::load(config)?;
+    keygrid_core::server::private_dir(&cfg.data_dir)?;
+    let pin = cfg.hsm_pin().map_err(anyhow::Error::msg)?;
+    let token = keygrid_core::keys::pkcs11::Pkcs11Token::open(
+        &cfg.hsm.module,
+        &cfg.hsm.token_label,
+        cryptoki::types::AuthPin::from(pin),
+    )?;
+    let store = keygrid_core::store::Store::open(&cfg.database_path())?;
+    let (h, created) =
+        keygrid_core::ca::Hierarchy::init_or_load(&store, &token, &cfg.hierarchy_settings())?;
+    println!(
+        "{} hierarchy for trust domain {}:",
+        if created {
+            "created the"
+        } else {
+            "already had a"
+        },
+        cfg.trust_domain
+    );
+    for a in h.authorities() {
+        println!(
+            "  {} #{}  {}  {}  sha256 {}",
+            a.name(),
+            a.generation(),
+            a.algorithm(),
+            a.key_location(),
+            keygrid_core::ca::sha256_hex(a.cert_der())
+        );
+    }
+    Ok(())
+}
+
+/// `keygrid policy check`: parse, verify the CSR's self-signature, evaluate, explain.
+fn policy_check(cmd: PolicyCommand) -> anyhow::Result<bool> {
+    let PolicyCommand::Check {
+        csr,
+        config,
+        profile,
+        spiffe_id,
+        dns_names,
+        ips,
+        ttl,
+        attestation,
+    } = cmd;
+    let cfg = CoreConfig::load(&config)?;
+    let raw = std::fs::read(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+    let der = match pem::parse(&raw) {
+        Ok(p) if p.tag() == "CERTIFICATE REQUEST" || p.tag() == "NEW CERTIFICATE REQUEST" => {
+            p.into_contents()
+        }
+        Ok(p) => anyhow::bail!(
+            "{} holds a PEM {:?}, not a CERTIFICATE REQUEST",
+            csr.display(),
+            p.tag()
+        ),
+        Err(_) => raw,
+    };
+    rcgen::CertificateSigningRequestParams::from_der(&der.clone().into())
+        .map_err(|e| anyhow::anyhow!("{}: CSR rejected: {e}", csr.display()))?;
+    let key = keygrid_core::policy::csr_key_info(&der).map_err(anyhow::Error::msg)?;
+    println!("key: {}", key.name());
+    let decision = cfg
+        .compiled_policy()
+        .check(&keygrid_core::policy::PolicyRequest {
+            profile,
+            key: Some(key),
+            ttl,
+            spiffe_id,
+            dns_names,
+            ips,
+            attestation,
+        });
+    match decision {
+        keygrid_core::policy::Decision::Allow { ttl, notes } => {
+            println!("allowed, lifetime {}", humantime::format_duration(ttl));
+            for n in notes {
+                println!("  note: {n}");
+            }
+            Ok(true)
+        }
+        keygrid_core::policy::Decision::Refuse { rule, reason } => {
+            println!("refused by rule {rule}: {reason}");
+            Ok(false)
+        }
+    }
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
 }
@@ -199,29 +387,27 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            for a in res.authorities {
-                let indent = if a.parent.is_empty() { "" } else { "  └─ " };
-                let fmt = |t: i64| {
-                    time::OffsetDateTime::from_unix_timestamp(t)
-                        .map(|d| d.to_string())
-                        .unwrap_or_else(|_| t.to_string())
-                };
-                println!("{indent}{} ({})", a.name, a.subject);
-                let pad = if a.parent.is_empty() {
-                    "   "
-                } else {
-                    "       "
-                };
-                println!("{pad}algorithm:   {}", a.algorithm);
-                println!("{pad}key:         {}", a.key_location);
-                println!("{pad}sha256:      {}", a.sha256_fingerprint);
-                println!(
-                    "{pad}valid:       {} .. {}",
-                    fmt(a.not_before_unix),
-                    fmt(a.not_after_unix)
-                );
-            }
+            print_ca(&res);
         }
+        Command::Ca {
+            command: CaCommand::Rotate { issuer, prepare },
+            admin,
+        } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            let res = c
+                .rotate_ca(pb::RotateCaRequest {
+                    issuer,
+                    preparation_seconds: prepare.map(|d| d.as_secs().max(1) as i64).unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_ca(&res);
+        }
+        Command::Ca {
+            command: CaCommand::Init,
+            ..
+        } => unreachable!("handled in run"),
         Command::Entry { command, admin } => {
             let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
             match command {
@@ -287,7 +473,9 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", res.token);
         }
-        Command::Serve { .. } | Command::Dev(_) => unreachable!("handled in main"),
+        Command::Serve { .. } | Command::Dev(_) | Command::Policy { .. } => {
+            unreachable!("handled in run")
+        }
     }
     Ok(())
 }
@@ -308,6 +496,24 @@ async fn shutdown_signal() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Policy { command } = cli.command {
+        return if policy_check(command)? {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the policy refuses this request"))
+        };
+    }
+    if let Command::Ca {
+        command: CaCommand::Init,
+        admin,
+    } = &cli.command
+    {
+        let config = admin
+            .config
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("`keygrid ca init` needs --config <core.toml>"))?;
+        return ca_init(config);
+    }
     // `dev` must configure SoftHSM2's environment before any thread exists.
     let dev_plan = match &cli.command {
         Command::Dev(args) => Some(dev::prepare(args.clone())?),

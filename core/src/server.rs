@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::api::{admin::AdminApi, node::NodeApi, tls};
-use crate::ca::{Hierarchy, HierarchySettings};
+use crate::ca::Hierarchy;
 use crate::config::CoreConfig;
 use crate::issuance::{Issuance, IssuanceSettings};
 use crate::keys::pkcs11::Pkcs11Token;
@@ -44,6 +44,42 @@ pub fn private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-evaluates the trust bundle every 30 s (a rotated root becomes due, an old one retires)
+/// and rewrites the published PEM file when it changes.
+fn spawn_bundle_refresh(hierarchy: Arc<Hierarchy>, store: Arc<Store>, path: std::path::PathBuf) {
+    let mut rx = hierarchy.subscribe_bundle();
+    {
+        let (hierarchy, store) = (hierarchy.clone(), store.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                let (h, s) = (hierarchy.clone(), store.clone());
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                match tokio::task::spawn_blocking(move || h.refresh_bundle(&s, now)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "bundle refresh failed"),
+                    Err(e) => tracing::error!(error = %e, "bundle refresh task failed"),
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let snapshot = rx.borrow_and_update().clone();
+            match write_atomic(&path, pem_certs(&snapshot.roots).as_bytes(), 0o644) {
+                Ok(()) => tracing::info!(
+                    sequence = snapshot.sequence,
+                    roots = snapshot.roots.len(),
+                    "trust bundle updated"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %path.display(), "cannot write the trust bundle")
+                }
+            }
+        }
+    });
+}
+
 /// Runs core until `shutdown` resolves.
 pub async fn run(
     cfg: CoreConfig,
@@ -57,13 +93,7 @@ pub async fn run(
         Arc::new(Store::open(&cfg.database_path()).with_context(|| {
             format!("cannot open the store at {}", cfg.database_path().display())
         })?);
-    let settings = HierarchySettings {
-        trust_domain: cfg.trust_domain.clone(),
-        root_algorithm: cfg.ca.root_algorithm,
-        root_ttl: cfg.ca.root_ttl,
-        issuer_algorithm: cfg.ca.issuer_algorithm,
-        issuer_ttl: cfg.ca.issuer_ttl,
-    };
+    let settings = cfg.hierarchy_settings();
     let (hierarchy, created) = {
         let store = store.clone();
         let token = token.clone();
@@ -84,10 +114,12 @@ pub async fn run(
         0o644,
     )
     .with_context(|| format!("cannot write {}", cfg.bundle_path().display()))?;
+    spawn_bundle_refresh(hierarchy.clone(), store.clone(), cfg.bundle_path());
 
     let issuance = Arc::new(Issuance::new(
         store.clone(),
         hierarchy.clone(),
+        cfg.compiled_policy(),
         IssuanceSettings {
             default_svid_ttl: cfg.workloads.default_svid_ttl,
             max_svid_ttl: cfg.workloads.max_svid_ttl,
@@ -173,8 +205,12 @@ pub async fn run(
         .add_service(AdminServer::new(AdminApi::new(
             store.clone(),
             hierarchy.clone(),
-            cfg.nodes.join_token_ttl,
-            cfg.workloads.max_svid_ttl,
+            Arc::new(token.clone()),
+            crate::api::admin::AdminSettings {
+                join_token_ttl: cfg.nodes.join_token_ttl,
+                max_svid_ttl: cfg.workloads.max_svid_ttl,
+                rotation_preparation: cfg.ca.rotation_preparation,
+            },
         )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
     tokio::spawn(async move {

@@ -318,6 +318,7 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
         root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
         issuer_ttl: Duration::from_secs(7 * 24 * 3600),
+        control_plane_constraints: Default::default(),
     };
     let db = dir.join("keygrid.db");
     let (root_der, workloads_der, root_location) = {
@@ -360,7 +361,7 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
     assert_eq!(h.root().cert_der(), &root_der[..]);
     assert_eq!(h.workloads().cert_der(), &workloads_der[..]);
     assert_eq!(h.root().key_location(), root_location);
-    assert_eq!(store.authorities().unwrap().len(), 3);
+    assert_eq!(store.authorities().unwrap().len(), 5);
 
     // And the reloaded workloads key still signs certificates under the same chain.
     let leaf_key = rcgen::KeyPair::generate().unwrap();

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::node::entry_to_pb;
 use crate::ca::{sha256_hex, Hierarchy};
 use crate::identity::member_id;
+use crate::keys::IssuerKeys;
 use crate::store::{EntryRecord, Selector, Store, StoreError};
 
 /// Longest selector type or value accepted.
@@ -21,12 +22,23 @@ const MAX_SELECTOR_LEN: usize = 1024;
 /// Most selectors on one entry.
 const MAX_SELECTORS: usize = 64;
 
+/// Limits and defaults the admin API applies.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Join token lifetime when the request sets none.
+    pub join_token_ttl: Duration,
+    /// Upper bound on an entry's SVID lifetime.
+    pub max_svid_ttl: Duration,
+    /// Default preparation window of `ca rotate`.
+    pub rotation_preparation: Duration,
+}
+
 /// Serves `keygrid.v1.Admin`.
 pub struct AdminApi {
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
-    join_token_ttl: Duration,
-    max_svid_ttl: Duration,
+    keys: Arc<dyn IssuerKeys>,
+    settings: AdminSettings,
 }
 
 /// Checks the caller of the admin socket: only root or core's own user may administer.
@@ -77,15 +89,52 @@ impl AdminApi {
     pub fn new(
         store: Arc<Store>,
         ca: Arc<Hierarchy>,
-        join_token_ttl: Duration,
-        max_svid_ttl: Duration,
+        keys: Arc<dyn IssuerKeys>,
+        settings: AdminSettings,
     ) -> Self {
         AdminApi {
             store,
             ca,
-            join_token_ttl,
-            max_svid_ttl,
+            keys,
+            settings,
         }
+    }
+
+    fn show(&self) -> Result<pb::ShowCaResponse, Status> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let bundle = self.ca.bundle_snapshot();
+        let mut out = Vec::new();
+        for a in self.ca.authorities() {
+            let (_, cert) = x509_parser::parse_x509_certificate(a.cert_der())
+                .map_err(|_| Status::internal("stored CA certificate does not parse"))?;
+            let active = self
+                .ca
+                .active_at(a.name(), now)
+                .map(|act| act.generation() == a.generation())
+                .unwrap_or(false);
+            out.push(pb::CaInfo {
+                name: a.name().to_string(),
+                parent: if a.name() == crate::ca::ROOT {
+                    String::new()
+                } else {
+                    crate::ca::ROOT.to_string()
+                },
+                subject: cert.subject().to_string(),
+                algorithm: a.algorithm().name().to_string(),
+                sha256_fingerprint: sha256_hex(a.cert_der()),
+                not_before_unix: cert.validity().not_before.timestamp(),
+                not_after_unix: cert.validity().not_after.timestamp(),
+                key_location: a.key_location(),
+                generation: a.generation(),
+                activate_at_unix: a.activate_at(),
+                active,
+                in_bundle: bundle.roots.iter().any(|r| r.as_slice() == a.cert_der()),
+            });
+        }
+        Ok(pb::ShowCaResponse {
+            authorities: out,
+            bundle_sequence: bundle.sequence,
+        })
     }
 
     fn validate_entry(&self, r: &pb::CreateEntryRequest) -> Result<EntryRecord, Status> {
@@ -117,11 +166,11 @@ impl AdminApi {
             });
         }
         if r.x509_svid_ttl_seconds < 0
-            || r.x509_svid_ttl_seconds as u64 > self.max_svid_ttl.as_secs()
+            || r.x509_svid_ttl_seconds as u64 > self.settings.max_svid_ttl.as_secs()
         {
             return Err(bad(format!(
                 "x509_svid_ttl_seconds must be between 0 and {}",
-                self.max_svid_ttl.as_secs()
+                self.settings.max_svid_ttl.as_secs()
             )));
         }
         for name in &r.dns_names {
@@ -202,7 +251,7 @@ impl pb::admin_server::Admin for AdminApi {
             ));
         }
         let ttl = if r.ttl_seconds == 0 {
-            self.join_token_ttl.as_secs() as i64
+            self.settings.join_token_ttl.as_secs() as i64
         } else {
             r.ttl_seconds
         };
@@ -229,25 +278,70 @@ impl pb::admin_server::Admin for AdminApi {
         req: Request<pb::ShowCaRequest>,
     ) -> Result<Response<pb::ShowCaResponse>, Status> {
         authorize_peer(&req)?;
-        let mut out = Vec::new();
-        for (i, a) in self.ca.authorities().iter().enumerate() {
-            let (_, cert) = x509_parser::parse_x509_certificate(a.cert_der())
-                .map_err(|_| Status::internal("stored CA certificate does not parse"))?;
-            out.push(pb::CaInfo {
-                name: a.name().to_string(),
-                parent: if i == 0 {
-                    String::new()
-                } else {
-                    crate::ca::ROOT.to_string()
-                },
-                subject: cert.subject().to_string(),
-                algorithm: a.algorithm().name().to_string(),
-                sha256_fingerprint: sha256_hex(a.cert_der()),
-                not_before_unix: cert.validity().not_before.timestamp(),
-                not_after_unix: cert.validity().not_after.timestamp(),
-                key_location: a.key_location(),
-            });
+        Ok(Response::new(self.show()?))
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::ShowCaResponse>, Status> {
+        let uid = authorize_peer(&req)?;
+        let r = req.into_inner();
+        if r.preparation_seconds < 0 {
+            return Err(Status::invalid_argument(
+                "preparation_seconds must not be negative",
+            ));
         }
-        Ok(Response::new(pb::ShowCaResponse { authorities: out }))
+        let preparation = if r.preparation_seconds == 0 {
+            self.settings.rotation_preparation
+        } else {
+            Duration::from_secs(r.preparation_seconds as u64)
+        };
+        let (ca, store, keys, issuer) = (
+            self.ca.clone(),
+            self.store.clone(),
+            self.keys.clone(),
+            r.issuer.clone(),
+        );
+        let created = tokio::task::spawn_blocking(move || {
+            ca.rotate(
+                &store,
+                keys.as_ref(),
+                &issuer,
+                preparation,
+                time::OffsetDateTime::now_utc(),
+            )
+        })
+        .await
+        .map_err(|_| Status::internal("worker task failed"))?
+        .map_err(|e| match e {
+            crate::ca::CaError::InvalidRequest(m) => Status::invalid_argument(m),
+            other => {
+                tracing::error!(error = %other, "CA rotation failed");
+                Status::internal("CA rotation failed; see the core log")
+            }
+        })?;
+        for a in &created {
+            let _ = self.store.record_event(&crate::store::EventRecord {
+                at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                kind: "ca_rotation".into(),
+                actor: format!("admin uid {uid}"),
+                subject: format!("{} generation {}", a.name(), a.generation()),
+                rule: String::new(),
+                detail: format!(
+                    "activates at {}; sha256 {}",
+                    a.activate_at(),
+                    sha256_hex(a.cert_der())
+                ),
+            });
+            tracing::info!(
+                uid,
+                issuer = a.name(),
+                generation = a.generation(),
+                activate_at = a.activate_at(),
+                "CA rotated"
+            );
+        }
+        Ok(Response::new(self.show()?))
     }
 }

@@ -39,10 +39,11 @@ impl NodeApi {
 
     fn bundle(&self) -> pb::Bundle {
         let h = self.issuance.hierarchy();
+        let snapshot = h.bundle_snapshot();
         pb::Bundle {
             trust_domain: h.trust_domain().to_string(),
-            x509_authorities: h.bundle(),
-            sequence: 1,
+            x509_authorities: snapshot.roots.clone(),
+            sequence: snapshot.sequence.max(0) as u64,
         }
     }
 

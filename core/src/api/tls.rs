@@ -82,6 +82,7 @@ fn issue_serving_cert(
     )?;
     store.record_certificate(&CertificateRecord {
         issuer: nodes.name().to_string(),
+        issuer_generation: issued.issuer_generation,
         serial: issued.serial_hex.clone(),
         profile: "core-server".into(),
         subject: id,

@@ -21,6 +21,7 @@ fn settings(trust_domain: &str) -> HierarchySettings {
         root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
         issuer_ttl: Duration::from_secs(30 * 24 * 3600),
+        control_plane_constraints: Default::default(),
     }
 }
 
@@ -30,6 +31,11 @@ fn new_hierarchy() -> (Hierarchy, Store, MemoryBackend) {
     let (h, created) = Hierarchy::init_or_load(&store, &keys, &settings(TD)).unwrap();
     assert!(created);
     (h, store, keys)
+}
+
+/// A CA certificate that outlives the `Arc` it came from (tests only).
+fn der(a: Arc<Authority>) -> &'static [u8] {
+    a.cert_der().to_vec().leak()
 }
 
 fn parse(der: &[u8]) -> X509Certificate<'_> {
@@ -86,35 +92,54 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
     let (first, created) = Hierarchy::init_or_load(&store, &keys, &settings(TD)).unwrap();
     assert!(created, "first call must create the hierarchy");
     assert_eq!(first.trust_domain(), TD);
-    let names: Vec<&str> = first.authorities().iter().map(|a| a.name()).collect();
-    assert_eq!(names, [ROOT, WORKLOADS, NODES]);
+    let all = first.authorities();
+    let names: Vec<&str> = all.iter().map(|a| a.name()).collect();
+    assert_eq!(
+        names,
+        [ROOT, CONTROL_PLANE, NODES, SPIRE_UPSTREAM, WORKLOADS]
+    );
     assert_eq!(first.root().algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(first.workloads().algorithm(), KeyAlgorithm::EcdsaP256);
     assert_eq!(first.bundle(), vec![first.root().cert_der().to_vec()]);
 
     let records = store.authorities().unwrap();
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 5);
     assert_eq!(records[0].name, ROOT);
     assert_eq!(records[0].parent, None);
     for rec in &records[1..] {
         assert_eq!(rec.parent.as_deref(), Some(ROOT));
     }
 
-    // Root: self-signed CA, pathLen 1, carries the trust domain ID.
-    let root = parse(first.root().cert_der());
+    // Root: self-signed CA, pathLen 2 (root → spire-upstream → SPIRE CA → SVID).
+    let root = parse(der(first.root()));
     assert_eq!(root.subject(), root.issuer());
     let bc = root.basic_constraints().unwrap().unwrap();
     assert!(bc.value.ca);
-    assert_eq!(bc.value.path_len_constraint, Some(1));
+    assert_eq!(bc.value.path_len_constraint, Some(2));
     assert_eq!(uri_sans(&root), vec![format!("spiffe://{TD}")]);
     root.verify_signature(None).expect("root is self-signed");
-    // Issuing CAs: signed by the root, pathLen 0, AKI = root SKI.
-    for issuing in [first.workloads(), first.nodes()] {
-        let cert = parse(issuing.cert_der());
+    // Issuing CAs: signed by the root, pathLen 0 (1 for spire-upstream), AKI = root SKI.
+    for issuing in [
+        first.workloads(),
+        first.nodes(),
+        first.control_plane(),
+        first.spire_upstream(),
+    ] {
+        let cert = parse(der(issuing.clone()));
         assert_eq!(cert.issuer(), root.subject());
         let bc = cert.basic_constraints().unwrap().unwrap();
         assert!(bc.value.ca);
-        assert_eq!(bc.value.path_len_constraint, Some(0));
+        let want = if issuing.name() == SPIRE_UPSTREAM {
+            1
+        } else {
+            0
+        };
+        assert_eq!(
+            bc.value.path_len_constraint,
+            Some(want),
+            "{}",
+            issuing.name()
+        );
         cert.verify_signature(Some(root.public_key()))
             .expect("issuing CA signed by root");
         assert_eq!(aki(&cert), ski(&root));
@@ -134,7 +159,7 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         assert_eq!(a.not_after(), b.not_after());
     }
     // The store still holds exactly one hierarchy.
-    assert_eq!(store.authorities().unwrap().len(), 3);
+    assert_eq!(store.authorities().unwrap().len(), 5);
 
     // The loaded hierarchy signs certificates that chain to the same root.
     let issued = sign_svid(
@@ -144,7 +169,7 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         OffsetDateTime::now_utc(),
     );
     let leaf = parse(&issued.der);
-    let workloads = parse(first.workloads().cert_der());
+    let workloads = parse(der(first.workloads()));
     leaf.verify_signature(Some(workloads.public_key()))
         .expect("leaf from reloaded hierarchy verifies under the original workloads CA");
 }
@@ -233,13 +258,13 @@ fn x509_svid_follows_the_spiffe_profile() {
     assert_eq!(sha256_hex(&issued.der), issued.sha256_hex);
 
     // Chained to the workloads CA: issuer name, AKI and signature.
-    let workloads = parse(h.workloads().cert_der());
+    let workloads = parse(der(h.workloads()));
     assert_eq!(cert.issuer(), workloads.subject());
     let workloads_ski = ski(&workloads).expect("workloads CA has a SKI");
     assert_eq!(aki(&cert), Some(workloads_ski));
     cert.verify_signature(Some(workloads.public_key()))
         .expect("signed by the workloads CA");
-    let nodes = parse(h.nodes().cert_der());
+    let nodes = parse(der(h.nodes()));
     assert!(cert.verify_signature(Some(nodes.public_key())).is_err());
 }
 
@@ -283,7 +308,7 @@ fn ttl_beyond_issuer_expiry_is_clamped() {
     assert!(issued.clamped);
     assert_eq!(issued.not_after, issuer_not_after.unix_timestamp());
     let cert = parse(&issued.der);
-    let workloads = parse(h.workloads().cert_der());
+    let workloads = parse(der(h.workloads()));
     assert_eq!(cert.validity().not_after, workloads.validity().not_after);
     assert_eq!(
         cert.validity().not_after.timestamp(),
@@ -386,4 +411,213 @@ fn openssl_strictly_verifies_svid_chain() {
     write_pem(&other_root, other.root().cert_der());
     let (ok, text) = openssl_verify(&other_root, &workloads, &leaf);
     assert!(!ok, "leaf verified under an unrelated root:\n{text}");
+}
+
+/// Verifies `leaf` (with its issuing CA) against `roots` as of `at` with openssl.
+fn verify_at(
+    dir: &Path,
+    roots: &[Vec<u8>],
+    issuing: &[u8],
+    leaf: &[u8],
+    at: i64,
+) -> (bool, String) {
+    let pem_all = |ders: &[Vec<u8>]| -> String {
+        ders.iter()
+            .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+            .collect()
+    };
+    std::fs::write(dir.join("bundle.pem"), pem_all(roots)).unwrap();
+    std::fs::write(dir.join("issuing.pem"), pem_all(&[issuing.to_vec()])).unwrap();
+    std::fs::write(dir.join("leaf.pem"), pem_all(&[leaf.to_vec()])).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "verify",
+            "-x509_strict",
+            "-attime",
+            &at.to_string(),
+            "-CAfile",
+        ])
+        .arg(dir.join("bundle.pem"))
+        .arg("-untrusted")
+        .arg(dir.join("issuing.pem"))
+        .arg(dir.join("leaf.pem"))
+        .output()
+        .expect("openssl is not installed; run `apt-get install openssl`");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Issues an SVID from the workloads generation active at `at` and records it, as the
+/// issuance path does.
+fn issue_recorded(h: &Hierarchy, store: &Store, at: i64, ttl: u64) -> (Vec<u8>, Vec<u8>) {
+    let ca = h.active_at(WORKLOADS, at).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let now = OffsetDateTime::from_unix_timestamp(at).unwrap();
+    let issued = ca
+        .sign(
+            profiles::x509_svid(SVID_ID, &[]).unwrap(),
+            &key,
+            Duration::from_secs(ttl),
+            now,
+        )
+        .unwrap();
+    store
+        .record_certificate(&crate::store::CertificateRecord {
+            issuer: WORKLOADS.into(),
+            issuer_generation: issued.issuer_generation,
+            serial: issued.serial_hex.clone(),
+            profile: "x509-svid".into(),
+            subject: SVID_ID.into(),
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            sha256: issued.sha256_hex.clone(),
+        })
+        .unwrap();
+    (issued.der, ca.cert_der().to_vec())
+}
+
+#[test]
+fn root_rotation_keeps_every_valid_certificate_verifiable() {
+    let (h, store, keys) = new_hierarchy();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = OffsetDateTime::now_utc().unix_timestamp();
+    let r1 = h.root().cert_der().to_vec();
+    let mut leaves: Vec<(Vec<u8>, Vec<u8>, i64)> = Vec::new(); // leaf, issuing CA, expiry
+
+    let check_all = |leaves: &[(Vec<u8>, Vec<u8>, i64)], at: i64| {
+        let roots = h.bundle_roots_at(&store, at).unwrap();
+        for (leaf, issuing, expiry) in leaves {
+            if *expiry > at {
+                let (ok, text) = verify_at(dir.path(), &roots, issuing, leaf, at);
+                assert!(
+                    ok,
+                    "a valid certificate failed against the bundle at t0+{}: {text}",
+                    at - t0
+                );
+            }
+        }
+        roots
+    };
+
+    let (leaf, ca) = issue_recorded(&h, &store, t0, 100);
+    leaves.push((leaf, ca, t0 + 100));
+    assert_eq!(check_all(&leaves, t0), vec![r1.clone()]);
+
+    // Rotate the root at t0+10 with a 20 s preparation window.
+    let created = h
+        .rotate(
+            &store,
+            &keys,
+            ROOT,
+            Duration::from_secs(20),
+            OffsetDateTime::from_unix_timestamp(t0 + 10).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        created.len(),
+        5,
+        "a new root and a new generation of each issuing CA"
+    );
+    let r2 = created[0].cert_der().to_vec();
+    // Published at once, before it signs.
+    assert_eq!(check_all(&leaves, t0 + 10), vec![r1.clone(), r2.clone()]);
+    assert_eq!(
+        h.active_at(WORKLOADS, t0 + 15).unwrap().generation(),
+        1,
+        "old issuer signs during preparation"
+    );
+    let (leaf, ca) = issue_recorded(&h, &store, t0 + 15, 100);
+    leaves.push((leaf, ca, t0 + 115));
+    check_all(&leaves, t0 + 15);
+
+    // After the window the new chain signs; both roots stay while old leaves live.
+    assert_eq!(h.active_at(WORKLOADS, t0 + 31).unwrap().generation(), 2);
+    let (leaf, ca) = issue_recorded(&h, &store, t0 + 31, 300);
+    leaves.push((leaf, ca, t0 + 331));
+    assert_eq!(check_all(&leaves, t0 + 31), vec![r1.clone(), r2.clone()]);
+    assert_eq!(
+        check_all(&leaves, t0 + 114),
+        vec![r1.clone(), r2.clone()],
+        "old root kept until its last leaf expired"
+    );
+
+    // The last leaf under the old root expired at t0+115: the old root leaves the bundle.
+    assert_eq!(check_all(&leaves, t0 + 116), vec![r2.clone()]);
+    // A certificate under the old chain no longer verifies against the new bundle alone.
+    let (ok, _) = verify_at(
+        dir.path(),
+        std::slice::from_ref(&r2),
+        &leaves[0].1,
+        &leaves[0].0,
+        t0 + 50,
+    );
+    assert!(!ok, "the old chain must not verify against the new root");
+}
+
+#[test]
+fn issuer_rotation_keeps_the_root_and_switches_after_preparation() {
+    let (h, store, keys) = new_hierarchy();
+    let t0 = OffsetDateTime::now_utc().unix_timestamp();
+    let before = h.bundle_roots_at(&store, t0).unwrap();
+    let created = h
+        .rotate(
+            &store,
+            &keys,
+            NODES,
+            Duration::from_secs(60),
+            OffsetDateTime::from_unix_timestamp(t0).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].generation(), 2);
+    assert_eq!(h.active_at(NODES, t0 + 59).unwrap().generation(), 1);
+    assert_eq!(h.active_at(NODES, t0 + 60).unwrap().generation(), 2);
+    assert_eq!(
+        h.bundle_roots_at(&store, t0 + 60).unwrap(),
+        before,
+        "an issuer rotation does not change the roots"
+    );
+    // Stored, so a restart finds both generations.
+    let (reloaded, _) = Hierarchy::init_or_load(&store, &keys, &settings(TD)).unwrap();
+    assert_eq!(reloaded.generations_of(NODES).len(), 2);
+    let err = h
+        .rotate(
+            &store,
+            &keys,
+            "nope",
+            Duration::ZERO,
+            OffsetDateTime::now_utc(),
+        )
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("unknown issuer"), "{err}");
+}
+
+#[test]
+fn spiffe_issuers_carry_critical_uri_name_constraints() {
+    let (h, _store, _keys) = new_hierarchy();
+    for a in [h.workloads(), h.spire_upstream()] {
+        let cert = parse(der(a.clone()));
+        let nc = cert
+            .iter_extensions()
+            .find(|e| e.oid.to_id_string() == "2.5.29.30")
+            .expect("name constraints");
+        assert!(nc.critical);
+        match nc.parsed_extension() {
+            ParsedExtension::NameConstraints(c) => {
+                let permitted = c.permitted_subtrees.as_ref().expect("permitted subtrees");
+                assert_eq!(permitted.len(), 1);
+                assert!(matches!(permitted[0].base, GeneralName::URI(u) if u == TD));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let nodes = parse(der(h.nodes()));
+    assert!(nodes
+        .iter_extensions()
+        .all(|e| e.oid.to_id_string() != "2.5.29.30"));
 }

@@ -43,6 +43,16 @@ fn der_integer(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Encodes one DER tag-length-value (short tags only), for the few structures KeyGrid
+/// encodes by hand.
+pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 4);
+    out.push(tag);
+    push_len(&mut out, content.len());
+    out.extend_from_slice(content);
+    out
+}
+
 fn push_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);

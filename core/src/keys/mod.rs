@@ -158,6 +158,8 @@ impl rcgen::SigningKey for RcgenSigner<'_> {
 /// The hierarchy asks a backend for keys by label and records only the label in the store,
 /// so the store never holds key material.
 pub trait KeyBackend: Send + Sync {
+    /// The backend's name as recorded in the store (`pkcs11`, `software`).
+    fn kind(&self) -> &'static str;
     /// Creates a new key under `label`.
     fn generate(
         &self,
@@ -173,6 +175,10 @@ pub trait KeyBackend: Send + Sync {
 }
 
 impl KeyBackend for std::sync::Arc<pkcs11::Pkcs11Token> {
+    fn kind(&self) -> &'static str {
+        "pkcs11"
+    }
+
     fn generate(
         &self,
         label: &str,
@@ -187,5 +193,18 @@ impl KeyBackend for std::sync::Arc<pkcs11::Pkcs11Token> {
         algorithm: KeyAlgorithm,
     ) -> Result<std::sync::Arc<dyn CaSigner>, KeyError> {
         Ok(std::sync::Arc::new(self.find_ec_key(label, algorithm)?))
+    }
+}
+
+/// Chooses the key backend for each issuer, so configuration can keep the root in the HSM
+/// and put a short-lived issuer's key elsewhere.
+pub trait IssuerKeys: Send + Sync {
+    /// The backend that holds (or will hold) `issuer`'s keys.
+    fn backend(&self, issuer: &str) -> &dyn KeyBackend;
+}
+
+impl<T: KeyBackend> IssuerKeys for T {
+    fn backend(&self, _issuer: &str) -> &dyn KeyBackend {
+        self
     }
 }

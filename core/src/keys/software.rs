@@ -68,6 +68,10 @@ pub struct MemoryBackend {
 }
 
 impl super::KeyBackend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "software"
+    }
+
     fn generate(
         &self,
         label: &str,

@@ -56,7 +56,43 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );",
-    // 2: JWT-SVID signing keys (labels in the key backend, never the keys).
+    // 2: CA generations (rotation with overlap) and the issuing generation of each certificate;
+    //    a versioned trust bundle; an append-only log of policy refusals and CA changes.
+    "CREATE TABLE authority_generations (
+        name TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        parent_name TEXT,
+        parent_generation INTEGER,
+        cert_der BLOB NOT NULL,
+        key_label TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        activate_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, generation)
+    );
+    INSERT INTO authority_generations
+        SELECT name, 1, parent, CASE WHEN parent IS NULL THEN NULL ELSE 1 END,
+               cert_der, key_label, algorithm, 'pkcs11', created_at, created_at
+        FROM authorities;
+    DROP TABLE authorities;
+    ALTER TABLE certificates ADD COLUMN issuer_generation INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX certificates_issuer_generation ON certificates (issuer, issuer_generation, not_after);
+    CREATE TABLE bundle_versions (
+        sequence INTEGER PRIMARY KEY,
+        roots_sha256 TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );",
+    // 3: JWT-SVID signing keys (labels in the key backend, never the keys).
     "CREATE TABLE jwt_keys (
         kid TEXT PRIMARY KEY,
         key_label TEXT NOT NULL,
@@ -65,8 +101,10 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
-/// The schema version a fresh database ends at.
-pub const LATEST: i64 = MIGRATIONS.len() as i64;
+/// The schema version this build of KeyGrid migrates to.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
 
 /// The version the database is at (0 for a new database).
 pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
@@ -82,7 +120,7 @@ pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
 /// Applies every migration newer than the database. Refuses a database from a newer KeyGrid.
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     let current = current_version(conn)?;
-    let latest = LATEST;
+    let latest = latest();
     if current > latest {
         return Err(StoreError::Corrupt(format!(
             "database schema version {current} is newer than this KeyGrid understands ({latest}); upgrade KeyGrid"

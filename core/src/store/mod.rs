@@ -37,19 +37,47 @@ pub enum StoreError {
     Poisoned,
 }
 
-/// One CA of the hierarchy: its certificate and where its key is.
+/// One generation of one CA of the hierarchy: its certificate and where its key is.
+///
+/// Rotation adds a generation; old generations stay (their certificates still verify
+/// leaves they signed) until the bundle logic retires them.
 #[derive(Clone, Debug)]
 pub struct AuthorityRecord {
-    /// Issuer name (`root`, `workloads`, `nodes`).
+    /// Issuer name (`root`, `workloads`, `nodes`, ...).
     pub name: String,
-    /// Name of the issuer that signed it; `None` for the root.
+    /// Generation, from 1, increasing with each rotation.
+    pub generation: i64,
+    /// Name of the issuer that signed it; `None` for a root.
     pub parent: Option<String>,
+    /// Generation of the issuer that signed it.
+    pub parent_generation: Option<i64>,
     /// The CA certificate, DER.
     pub cert_der: Vec<u8>,
     /// Label of the key in the key backend.
     pub key_label: String,
     /// Key algorithm name (see `KeyAlgorithm::name`).
     pub algorithm: String,
+    /// Key backend name (`pkcs11`, `software`).
+    pub backend: String,
+    /// From when it signs, Unix seconds (after the preparation window of a rotation).
+    pub activate_at: i64,
+}
+
+/// A recorded event that is not an issuance: a policy refusal, a CA rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// When, Unix seconds.
+    pub at: i64,
+    /// What happened (`policy_refusal`, `ca_rotation`, ...).
+    pub kind: String,
+    /// Who asked (a node SPIFFE ID, `admin uid 0`, ...).
+    pub actor: String,
+    /// What it was about (a SPIFFE ID, an issuer).
+    pub subject: String,
+    /// The rule that decided, for refusals.
+    pub rule: String,
+    /// Human-readable detail; never key material.
+    pub detail: String,
 }
 
 /// The record kept for every certificate issued.
@@ -57,6 +85,8 @@ pub struct AuthorityRecord {
 pub struct CertificateRecord {
     /// Issuer name.
     pub issuer: String,
+    /// Generation of the issuer that signed it.
+    pub issuer_generation: i64,
     /// Serial number, lowercase hex.
     pub serial: String,
     /// Profile the certificate was built with (`x509-svid`, `node`, ...).
@@ -145,6 +175,11 @@ impl Store {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
+    /// The schema version this build migrates databases to.
+    pub fn latest_schema_version() -> i64 {
+        migrations::latest()
+    }
+
     /// The schema version now in force.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         let conn = self.conn()?;
@@ -153,26 +188,32 @@ impl Store {
 
     // ---- hierarchy -------------------------------------------------------------------
 
-    /// All CAs, root first.
+    /// All CA generations, roots first, then by name and generation.
     pub fn authorities(&self) -> Result<Vec<AuthorityRecord>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
-            "SELECT name, parent, cert_der, key_label, algorithm FROM authorities \
-             ORDER BY (parent IS NOT NULL), created_at, name",
+            "SELECT name, generation, parent_name, parent_generation, cert_der, key_label, \
+             algorithm, backend, activate_at FROM authority_generations \
+             ORDER BY (parent_name IS NOT NULL), name, generation",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(AuthorityRecord {
                 name: r.get(0)?,
-                parent: r.get(1)?,
-                cert_der: r.get(2)?,
-                key_label: r.get(3)?,
-                algorithm: r.get(4)?,
+                generation: r.get(1)?,
+                parent: r.get(2)?,
+                parent_generation: r.get(3)?,
+                cert_der: r.get(4)?,
+                key_label: r.get(5)?,
+                algorithm: r.get(6)?,
+                backend: r.get(7)?,
+                activate_at: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Saves a whole hierarchy at once, so a failed `ca init` leaves no partial tree.
+    /// Saves CA generations at once (a whole hierarchy, or one rotation), so a failure
+    /// leaves no partial tree. A parent must exist, in the batch or already stored.
     pub fn insert_authorities(
         &self,
         records: &[AuthorityRecord],
@@ -181,15 +222,111 @@ impl Store {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         for a in records {
+            if let (Some(p), Some(pg)) = (&a.parent, a.parent_generation) {
+                let exists: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM authority_generations WHERE name = ?1 AND generation = ?2",
+                    params![p, pg],
+                    |r| r.get(0),
+                )?;
+                if exists == 0 {
+                    return Err(StoreError::NotFound(format!(
+                        "parent authority {p} generation {pg}"
+                    )));
+                }
+            }
             tx.execute(
-                "INSERT INTO authorities (name, parent, cert_der, key_label, algorithm, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![a.name, a.parent, a.cert_der, a.key_label, a.algorithm, now],
+                "INSERT INTO authority_generations (name, generation, parent_name, parent_generation, \
+                 cert_der, key_label, algorithm, backend, activate_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    a.name,
+                    a.generation,
+                    a.parent,
+                    a.parent_generation,
+                    a.cert_der,
+                    a.key_label,
+                    a.algorithm,
+                    a.backend,
+                    a.activate_at,
+                    now
+                ],
             )
-            .map_err(|e| conflict_or(e, || format!("authority {} already exists", a.name)))?;
+            .map_err(|e| {
+                conflict_or(e, || {
+                    format!("authority {} generation {} already exists", a.name, a.generation)
+                })
+            })?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The latest expiry of any certificate one CA generation signed, if it signed any.
+    pub fn last_expiry_signed_by(
+        &self,
+        issuer: &str,
+        generation: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn()?.query_row(
+            "SELECT MAX(not_after) FROM certificates WHERE issuer = ?1 AND issuer_generation = ?2",
+            params![issuer, generation],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records a bundle content hash; returns its sequence number, which increases only when
+    /// the content changes.
+    pub fn bundle_sequence(&self, roots_sha256: &str, now: i64) -> Result<i64, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT sequence, roots_sha256 FROM bundle_versions ORDER BY sequence DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let seq = match last {
+            Some((seq, hash)) if hash == roots_sha256 => seq,
+            Some((seq, _)) => seq + 1,
+            None => 1,
+        };
+        tx.execute(
+            "INSERT OR IGNORE INTO bundle_versions (sequence, roots_sha256, created_at) VALUES (?1, ?2, ?3)",
+            params![seq, roots_sha256, now],
+        )?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    // ---- events ----------------------------------------------------------------------
+
+    /// Appends an event (policy refusal, CA rotation).
+    pub fn record_event(&self, e: &EventRecord) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT INTO events (at, kind, actor, subject, rule, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.at, e.kind, e.actor, e.subject, e.rule, e.detail],
+        )?;
+        Ok(())
+    }
+
+    /// All events of one kind, oldest first.
+    pub fn events(&self, kind: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT at, kind, actor, subject, rule, detail FROM events WHERE kind = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![kind], |r| {
+            Ok(EventRecord {
+                at: r.get(0)?,
+                kind: r.get(1)?,
+                actor: r.get(2)?,
+                subject: r.get(3)?,
+                rule: r.get(4)?,
+                detail: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     // ---- certificates ----------------------------------------------------------------
@@ -210,7 +347,7 @@ impl Store {
         let conn = self.conn()?;
         Ok(conn
             .query_row(
-                "SELECT issuer, serial, profile, subject, not_before, not_after, sha256 \
+                "SELECT issuer, serial, profile, subject, not_before, not_after, sha256, issuer_generation \
                  FROM certificates WHERE issuer = ?1 AND serial = ?2",
                 params![issuer, serial],
                 |r| {
@@ -222,6 +359,7 @@ impl Store {
                         not_before: r.get(4)?,
                         not_after: r.get(5)?,
                         sha256: r.get(6)?,
+                        issuer_generation: r.get(7)?,
                     })
                 },
             )
@@ -399,9 +537,9 @@ fn upsert_node(conn: &Connection, node: &NodeRecord, now: i64) -> Result<(), Sto
 
 fn insert_certificate(conn: &Connection, rec: &CertificateRecord) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![rec.issuer, rec.serial, rec.profile, rec.subject, rec.not_before, rec.not_after, rec.sha256],
+        "INSERT INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256, issuer_generation) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![rec.issuer, rec.serial, rec.profile, rec.subject, rec.not_before, rec.not_after, rec.sha256, rec.issuer_generation],
     )
     .map_err(|e| conflict_or(e, || format!("serial {} already used by issuer {}", rec.serial, rec.issuer)))?;
     Ok(())

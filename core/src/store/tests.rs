@@ -13,6 +13,7 @@ fn cert(issuer: &str, serial: &str, subject: &str) -> CertificateRecord {
         not_before: NOW - 10,
         not_after: NOW + 300,
         sha256: format!("sha-{issuer}-{serial}"),
+        issuer_generation: 1,
     }
 }
 
@@ -47,7 +48,11 @@ fn node(spiffe_id: &str, serial: &str) -> NodeRecord {
 fn authority(name: &str, parent: Option<&str>) -> AuthorityRecord {
     AuthorityRecord {
         name: name.into(),
+        generation: 1,
         parent: parent.map(str::to_string),
+        parent_generation: parent.map(|_| 1),
+        backend: "software".into(),
+        activate_at: NOW,
         cert_der: vec![0x30, 0x03, 0x02, 0x01, name.len() as u8],
         key_label: format!("keygrid-{name}-test"),
         algorithm: "ecdsa-p256".into(),
@@ -57,7 +62,7 @@ fn authority(name: &str, parent: Option<&str>) -> AuthorityRecord {
 #[test]
 fn fresh_store_is_at_the_latest_schema_version() {
     let store = Store::in_memory().unwrap();
-    assert_eq!(store.schema_version().unwrap(), super::migrations::LATEST);
+    assert_eq!(store.schema_version().unwrap(), super::migrations::latest());
     assert!(store.authorities().unwrap().is_empty());
     assert_eq!(store.certificate_count().unwrap(), 0);
     assert!(store.entries(None).unwrap().is_empty());
@@ -69,7 +74,7 @@ fn reopening_on_disk_store_keeps_data_and_version() {
     let path = dir.path().join("keygrid.db");
     {
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), super::migrations::LATEST);
+        assert_eq!(store.schema_version().unwrap(), super::migrations::latest());
         store
             .insert_authorities(
                 &[
@@ -95,8 +100,8 @@ fn reopening_on_disk_store_keeps_data_and_version() {
             .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    // Migrations are not re-applied: still exactly the latest version.
-    assert_eq!(store.schema_version().unwrap(), super::migrations::LATEST);
+    // Migrations are not re-applied: still exactly version 1.
+    assert_eq!(store.schema_version().unwrap(), super::migrations::latest());
     let auths = store.authorities().unwrap();
     assert_eq!(auths.len(), 2);
     assert_eq!(auths[0].name, "root");
