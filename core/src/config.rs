@@ -213,6 +213,15 @@ pub struct WorkloadsConfig {
     /// Upper bound on any entry's requested lifetime.
     #[serde(with = "humantime_serde")]
     pub max_svid_ttl: Duration,
+    /// Lifetime of a JWT-SVID.
+    #[serde(with = "humantime_serde")]
+    pub jwt_svid_ttl: Duration,
+    /// Algorithm of the JWT-SVID signing key, created in the HSM on first start
+    /// (`ecdsa-p256` signs ES256, `ecdsa-p384` ES384).
+    pub jwt_algorithm: KeyAlgorithm,
+    /// Whether agents may mint a pod's default identity
+    /// `spiffe://<td>/ns/<namespace>/sa/<service-account>` without a registration entry.
+    pub default_identities: bool,
 }
 
 impl Default for WorkloadsConfig {
@@ -220,6 +229,9 @@ impl Default for WorkloadsConfig {
         WorkloadsConfig {
             default_svid_ttl: Duration::from_secs(300),
             max_svid_ttl: Duration::from_secs(3600),
+            jwt_svid_ttl: Duration::from_secs(300),
+            jwt_algorithm: KeyAlgorithm::EcdsaP256,
+            default_identities: true,
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct DevArgs {
     /// Lifetime of X.509-SVIDs.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub svid_ttl: Duration,
+    /// Lifetime of JWT-SVIDs.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwt_svid_ttl: Duration,
     /// PKCS#11 module (SoftHSM2 by default).
     #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
     pub pkcs11_module: PathBuf,
@@ -114,7 +117,7 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
          data_dir = {dd:?}\n\n\
          [server]\nlisten = \"{listen}\"\n\n\
          [hsm]\nmodule = {module:?}\ntoken_label = {TOKEN_LABEL:?}\npin_file = {pin:?}\n\n\
-         [workloads]\ndefault_svid_ttl = \"{ttl}\"\nmax_svid_ttl = \"{max}\"\n",
+         [workloads]\ndefault_svid_ttl = \"{ttl}\"\nmax_svid_ttl = \"{max}\"\njwt_svid_ttl = \"{jwt}\"\n",
         td = args.trust_domain,
         dd = data_dir.display().to_string(),
         listen = args.listen,
@@ -122,6 +125,7 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
         pin = data_dir.join("hsm-pin").display().to_string(),
         ttl = humantime::format_duration(args.svid_ttl),
         max = humantime::format_duration(args.svid_ttl.max(Duration::from_secs(3600))),
+        jwt = humantime::format_duration(args.jwt_svid_ttl),
     );
     let mut toml = toml;
     if let Some(addr) = args.http_listen {

@@ -12,6 +12,7 @@ use rustls_pki_types::CertificateSigningRequestDer;
 use time::OffsetDateTime;
 
 use crate::ca::{self, profiles, Authority, CaError, Hierarchy, Issued};
+use crate::jwt::{self, JwtIssuer, SignedJwt};
 use crate::policy::{csr_key_info, Decision, Policy, PolicyRequest};
 use crate::store::{CertificateRecord, EntryRecord, EventRecord, NodeRecord, Store, StoreError};
 
@@ -60,6 +61,21 @@ pub struct IssuanceSettings {
     pub max_svid_ttl: Duration,
     /// Node certificate lifetime.
     pub node_cert_ttl: Duration,
+    /// JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+    /// Whether nodes may mint pod default identities (`/ns/<ns>/sa/<sa>`) without an entry.
+    pub default_identities: bool,
+}
+
+/// An identity a node has been found to be allowed to mint.
+#[derive(Clone, Debug)]
+pub struct AuthorizedIdentity {
+    /// The SPIFFE ID.
+    pub spiffe_id: String,
+    /// DNS SANs for the X.509-SVID.
+    pub dns_names: Vec<String>,
+    /// Requested X.509-SVID lifetime in seconds; 0 for the default.
+    pub ttl_seconds: i64,
 }
 
 /// A node certificate and the chain that goes with it.
@@ -347,6 +363,63 @@ impl Issuance {
         Ok(self.store.entries(Some(node_id))?)
     }
 
+    /// Decides which identity a node may have minted: the entry `entry_id` if the node is
+    /// its parent, else (with `entry_id` empty) the pod default ID `default_spiffe_id` if
+    /// default identities are enabled. Anything else is refused and recorded as an event.
+    pub fn authorize_identity(
+        &self,
+        node_id: &str,
+        entry_id: &str,
+        default_spiffe_id: &str,
+    ) -> Result<AuthorizedIdentity, IssueError> {
+        if !entry_id.is_empty() {
+            let Some(entry) = self
+                .store
+                .entry(entry_id)?
+                .filter(|e| e.parent_id == node_id)
+            else {
+                self.refuse(
+                    node_id,
+                    entry_id,
+                    "entry-parent",
+                    "node asked for an entry it is not the parent of",
+                )?;
+                return Err(IssueError::PermissionDenied(format!(
+                    "node {node_id} is not authorised for entry {entry_id}"
+                )));
+            };
+            return Ok(AuthorizedIdentity {
+                spiffe_id: entry.spiffe_id,
+                dns_names: entry.dns_names,
+                ttl_seconds: entry.x509_svid_ttl,
+            });
+        }
+        if default_spiffe_id.is_empty() {
+            return Err(IssueError::InvalidArgument(
+                "entry_id or default_spiffe_id is required".into(),
+            ));
+        }
+        let td = self.ca.trust_domain();
+        let allowed = self.settings.default_identities
+            && crate::default_identity::parse_default_id(default_spiffe_id, td).is_some();
+        if !allowed {
+            let reason = if self.settings.default_identities {
+                "node asked for an identity outside its scope: no entry grants it and it is not a pod default identity"
+            } else {
+                "node asked for an identity outside its scope: default identities are disabled"
+            };
+            self.refuse(node_id, default_spiffe_id, "default-identity", reason)?;
+            return Err(IssueError::PermissionDenied(format!(
+                "node {node_id} is not authorised for {default_spiffe_id}: no entry and no default identity allows it"
+            )));
+        }
+        Ok(AuthorizedIdentity {
+            spiffe_id: default_spiffe_id.to_string(),
+            dns_names: vec![],
+            ttl_seconds: 0,
+        })
+    }
+
     /// Signs an X.509-SVID for `entry_id` if the entry belongs to `node_id`.
     pub fn mint_x509_svid(
         &self,
@@ -357,42 +430,52 @@ impl Issuance {
         if entry_id.is_empty() {
             return Err(IssueError::InvalidArgument("entry_id is required".into()));
         }
+        self.mint_x509_svid_for(node_id, entry_id, "", csr_der)
+    }
+
+    /// Signs an X.509-SVID for an entry of `node_id` or, with `entry_id` empty, for a pod
+    /// default identity (see [`Issuance::authorize_identity`]).
+    pub fn mint_x509_svid_for(
+        &self,
+        node_id: &str,
+        entry_id: &str,
+        default_spiffe_id: &str,
+        csr_der: &[u8],
+    ) -> Result<MintedSvid, IssueError> {
+        let subject = if entry_id.is_empty() {
+            default_spiffe_id
+        } else {
+            entry_id
+        };
         let csr = match parse_csr(csr_der) {
             Ok(c) => c,
             Err(e) => {
-                self.refuse(node_id, entry_id, "csr", &e.to_string())?;
+                self.refuse(node_id, subject, "csr", &e.to_string())?;
                 return Err(e);
             }
         };
-        let entry = self
-            .store
-            .entry(entry_id)?
-            .filter(|e| e.parent_id == node_id)
-            .ok_or_else(|| {
-                IssueError::PermissionDenied(format!(
-                    "node {node_id} is not authorised for entry {entry_id}"
-                ))
-            })?;
-        // Defence in depth: an entry outside the trust domain is never served.
-        if let Err(reason) = crate::identity::member_id(&entry.spiffe_id, self.ca.trust_domain()) {
-            self.refuse(node_id, &entry.spiffe_id, "trust-domain", &reason)?;
+        let identity = self.authorize_identity(node_id, entry_id, default_spiffe_id)?;
+        // Defence in depth: an identity outside the trust domain is never served.
+        if let Err(reason) = crate::identity::member_id(&identity.spiffe_id, self.ca.trust_domain())
+        {
+            self.refuse(node_id, &identity.spiffe_id, "trust-domain", &reason)?;
             return Err(IssueError::PermissionDenied(format!(
                 "refused by rule trust-domain: {reason}"
             )));
         }
         // A CSR may not ask for names the entry does not grant: refuse rather than ignore.
         let granted = |san: &rcgen::SanType| match san {
-            rcgen::SanType::URI(u) => u.as_str() == entry.spiffe_id,
-            rcgen::SanType::DnsName(d) => entry.dns_names.iter().any(|n| n == d.as_str()),
+            rcgen::SanType::URI(u) => u.as_str() == identity.spiffe_id,
+            rcgen::SanType::DnsName(d) => identity.dns_names.iter().any(|n| n == d.as_str()),
             _ => false,
         };
         if let Some(extra) = csr.params.subject_alt_names.iter().find(|s| !granted(s)) {
             let reason = format!("csr requests a name the entry does not grant: {extra:?}");
-            self.refuse(node_id, &entry.spiffe_id, "csr-names", &reason)?;
+            self.refuse(node_id, &identity.spiffe_id, "csr-names", &reason)?;
             return Err(IssueError::InvalidArgument(reason));
         }
-        let requested = if entry.x509_svid_ttl > 0 {
-            Duration::from_secs(entry.x509_svid_ttl as u64)
+        let requested = if identity.ttl_seconds > 0 {
+            Duration::from_secs(identity.ttl_seconds as u64)
         } else {
             self.settings.default_svid_ttl
         }
@@ -405,34 +488,70 @@ impl Issuance {
         let key = csr_key_info(csr_der).map_err(IssueError::InvalidArgument)?;
         let ttl = self.apply_policy(
             node_id,
-            &entry.spiffe_id,
+            &identity.spiffe_id,
             &PolicyRequest {
                 profile: PROFILE_X509_SVID.into(),
                 key: Some(key),
                 ttl: requested,
-                spiffe_id: Some(entry.spiffe_id.clone()),
-                dns_names: entry.dns_names.clone(),
+                spiffe_id: Some(identity.spiffe_id.clone()),
+                dns_names: identity.dns_names.clone(),
                 attestation,
                 ..Default::default()
             },
         )?;
         let now = OffsetDateTime::now_utc();
-        let params = profiles::x509_svid(&entry.spiffe_id, &entry.dns_names)?;
+        let params = profiles::x509_svid(&identity.spiffe_id, &identity.dns_names)?;
         let workloads = self.ca.workloads();
         let issued = workloads.sign(params, &csr.public_key, ttl, now)?;
         if issued.clamped {
-            tracing::warn!(spiffe_id = %entry.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
+            tracing::warn!(spiffe_id = %identity.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
         }
         self.store.record_certificate(&record(
             &workloads,
             PROFILE_X509_SVID,
-            &entry.spiffe_id,
+            &identity.spiffe_id,
             &issued,
         ))?;
-        tracing::debug!(spiffe_id = %entry.spiffe_id, node = %node_id, serial = %issued.serial_hex, "X.509-SVID issued");
+        tracing::debug!(spiffe_id = %identity.spiffe_id, node = %node_id, serial = %issued.serial_hex, "X.509-SVID issued");
         Ok(MintedSvid {
-            spiffe_id: entry.spiffe_id,
+            spiffe_id: identity.spiffe_id,
             chain: vec![issued.der, workloads.cert_der().to_vec()],
         })
+    }
+
+    /// Signs a JWT-SVID with `jwt` for an entry of `node_id` or a pod default identity.
+    pub fn mint_jwt_svid(
+        &self,
+        jwt: &JwtIssuer,
+        node_id: &str,
+        entry_id: &str,
+        default_spiffe_id: &str,
+        audience: &[String],
+    ) -> Result<(String, SignedJwt), IssueError> {
+        jwt::check_audience(audience).map_err(|e| IssueError::InvalidArgument(e.to_string()))?;
+        let identity = self.authorize_identity(node_id, entry_id, default_spiffe_id)?;
+        if let Err(reason) = crate::identity::member_id(&identity.spiffe_id, self.ca.trust_domain())
+        {
+            self.refuse(node_id, &identity.spiffe_id, "trust-domain", &reason)?;
+            return Err(IssueError::PermissionDenied(format!(
+                "refused by rule trust-domain: {reason}"
+            )));
+        }
+        let signed = jwt
+            .sign(
+                &identity.spiffe_id,
+                audience,
+                self.settings.jwt_svid_ttl,
+                OffsetDateTime::now_utc(),
+            )
+            .map_err(|e| match e {
+                jwt::JwtError::InvalidRequest(m) => IssueError::InvalidArgument(m),
+                other => {
+                    tracing::error!(error = %other, "JWT-SVID signing failed");
+                    IssueError::Internal
+                }
+            })?;
+        tracing::debug!(spiffe_id = %identity.spiffe_id, node = %node_id, "JWT-SVID issued");
+        Ok((identity.spiffe_id, signed))
     }
 }

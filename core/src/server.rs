@@ -133,6 +133,8 @@ pub async fn run(
             default_svid_ttl: cfg.workloads.default_svid_ttl,
             max_svid_ttl: cfg.workloads.max_svid_ttl,
             node_cert_ttl: cfg.nodes.cert_ttl,
+            jwt_svid_ttl: cfg.workloads.jwt_svid_ttl,
+            default_identities: cfg.workloads.default_identities,
         },
     );
     if let Some(base) = cfg.http.public_base() {
@@ -140,6 +142,17 @@ pub async fn run(
             issuance.with_revocation_urls(crate::revocation::pointers::RevocationUrls::new(&base));
     }
     let issuance = Arc::new(issuance);
+    let jwt = {
+        let (store, token, alg) = (store.clone(), token.clone(), cfg.workloads.jwt_algorithm);
+        let (jwt, created) = tokio::task::spawn_blocking(move || {
+            crate::jwt::JwtIssuer::init_or_load(&store, &token, alg)
+        })
+        .await?
+        .context("cannot load or create the JWT-SVID signing key")?;
+        tracing::info!(kid = %jwt.current_kid()?, key = %jwt.key_location()?, created,
+            "JWT-SVID signing key loaded");
+        Arc::new(jwt)
+    };
     let serving = Arc::new(
         tls::ServingCert::issue(&hierarchy, &store, &cfg)
             .map_err(|e| anyhow::anyhow!("cannot issue core's serving certificate: {e}"))?,
@@ -200,7 +213,9 @@ pub async fn run(
         issuance.clone(),
     ));
     let node_server = tonic::transport::Server::builder()
-        .add_service(NodeServer::new(NodeApi::new(issuance.clone())))
+        .add_service(NodeServer::new(
+            NodeApi::new(issuance.clone()).with_jwt(jwt),
+        ))
         .add_service(SpireUpstreamServer::new(
             SpireUpstreamApi::new(spire.clone(), hierarchy.clone()).ending_on(stop_rx.clone()),
         ))

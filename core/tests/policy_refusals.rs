@@ -73,6 +73,8 @@ fn fixture(rules: &str, issuer_ttl: Duration) -> Fixture {
             default_svid_ttl: Duration::from_secs(300),
             max_svid_ttl: Duration::from_secs(10 * 3600),
             node_cert_ttl: Duration::from_secs(3600),
+            jwt_svid_ttl: Duration::from_secs(300),
+            default_identities: true,
         },
     );
     store

@@ -105,9 +105,21 @@ impl DevEnv {
         Self::start_in(dir, svid_ttl)
     }
 
+    /// Starts `keygrid dev` with extra command-line arguments (e.g. `--jwt-svid-ttl 6s`).
+    pub fn start_with(svid_ttl: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in_with(dir, svid_ttl, extra_args)
+    }
+
     /// Starts `keygrid dev` in an existing data directory (to test restarts).
     pub fn start_in(dir: tempfile::TempDir, svid_ttl: &str) -> Self {
         Self::start_with_args(dir, svid_ttl, &[])
+    }
+
+    /// Starts `keygrid dev` in `dir` with extra command-line arguments.
+    pub fn start_in_with(dir: tempfile::TempDir, svid_ttl: &str, extra_args: &[&str]) -> Self {
+        let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        Self::start_with_args(dir, svid_ttl, &extra)
     }
 
     /// Starts `keygrid dev` with extra command-line arguments (e.g. `--http-listen`).
@@ -205,6 +217,17 @@ impl DevEnv {
             .arg(self.admin_socket()))
     }
 
+    /// Creates a join token for a new agent with SPIFFE ID `agent_id` (via the CLI).
+    pub fn create_join_token(&self, agent_id: &str) -> String {
+        let out = self.cli(&["token", "create", "--agent-id", agent_id]);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Stops `keygrid dev` with SIGTERM (as Ctrl-C would) and returns its exit status and
     /// the data directory.
     pub fn stop(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
@@ -236,5 +259,266 @@ impl Drop for DevEnv {
         if self.child.is_some() {
             self.terminate();
         }
+    }
+}
+
+/// Builds the go-spiffe test client (`integration/go/spiffe-client`) and returns it.
+pub fn go_spiffe_client() -> PathBuf {
+    go_program("spiffe-client")
+}
+
+/// Builds the SDS test client on go-control-plane (`integration/go/sds-client`).
+pub fn go_sds_client() -> PathBuf {
+    go_program("sds-client")
+}
+
+/// Builds the Go program in `integration/go/<name>` with `go build`, once per test
+/// process, and returns the binary. Go fetches its modules from the module proxy on first
+/// use.
+pub fn go_program(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let go = require_tool(
+        "go",
+        "install Go (https://go.dev/doc/install; scripts/install-deps.sh test does it)",
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(name);
+    let out_dir = std::env::temp_dir().join(format!("keygrid-go-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("create go output dir");
+    let out = out_dir.join(name);
+    let result = run(Command::new(go)
+        .current_dir(&src)
+        .env("GOFLAGS", "-mod=mod")
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg("."));
+    assert!(
+        result.status.success(),
+        "go build of {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.push((name.to_string(), out.clone()));
+    out
+}
+
+/// A `keygrid-agent` started by a test with its own configuration, next to a `DevEnv`'s
+/// core (e.g. with the Kubernetes attestor on, or through a proxy that can be cut).
+pub struct Agent {
+    /// Its directory (config, state, socket, log).
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent for `agent_id` against core at `server_address` (`host:port`),
+    /// with `extra_toml` appended to its configuration, and waits for its socket.
+    pub fn start(env: &DevEnv, agent_id: &str, server_address: &str, extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, env.create_join_token(agent_id)).expect("write token");
+        let cfg = dir.path().join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "trust_domain = \"{}\"\nserver_address = \"https://{}\"\nserver_name = \"localhost\"\n\
+                 trust_bundle_path = {:?}\njoin_token_file = {:?}\ndata_dir = {:?}\nsocket_path = {:?}\n\
+                 sync_interval = \"500ms\"\n{}",
+                env.trust_domain,
+                server_address,
+                env.bundle_pem().display().to_string(),
+                token_file.display().to_string(),
+                dir.path().join("state").display().to_string(),
+                dir.path().join("agent.sock").display().to_string(),
+                extra_toml,
+            ),
+        )
+        .expect("write agent config");
+        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
+        let child = Command::new(bin("keygrid-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("KEYGRID_LOG", "info,keygrid_workload_api=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start keygrid-agent");
+        let mut agent = Agent {
+            dir,
+            child: Some(child),
+        };
+        let socket = agent.socket();
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(|c| c.try_wait()) {
+                panic!("keygrid-agent exited early ({status}):\n{}", agent.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "keygrid-agent did not open its socket within 30s:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// The agent's Workload API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// The `SPIFFE_ENDPOINT_SOCKET` value for this agent.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on a child we spawned and have not reaped, with a constant signal.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TCP forwarder on loopback that a test can cut and restore, to put a real network
+/// outage between an agent and core.
+pub struct TcpProxy {
+    /// The port it listens on (stable across `stop`/`start`).
+    pub port: u16,
+    target: String,
+    running: Option<ProxyRun>,
+}
+
+struct ProxyRun {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding a free loopback port to `target` (`host:port`).
+    pub fn start(target: &str) -> Self {
+        let mut p = TcpProxy {
+            port: free_port(),
+            target: target.to_string(),
+            running: None,
+        };
+        p.resume();
+        p
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub fn cut(&mut self) {
+        if let Some(run) = self.running.take() {
+            run.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = run.thread.join();
+            for c in run
+                .conns
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
+            {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn resume(&mut self) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        if self.running.is_some() {
+            return;
+        }
+        let listener = {
+            let start = Instant::now();
+            loop {
+                match TcpListener::bind(("127.0.0.1", self.port)) {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        assert!(
+                            start.elapsed() < Duration::from_secs(10),
+                            "rebind proxy port: {e}"
+                        );
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        };
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, conns2, target) = (stop.clone(), conns.clone(), self.target.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = std::net::TcpStream::connect(&target) else {
+                            continue;
+                        };
+                        for s in [&client, &server] {
+                            if let (Ok(c), Ok(mut v)) = (s.try_clone(), conns2.lock()) {
+                                v.push(c);
+                            }
+                        }
+                        for (mut from, mut to) in [
+                            (client.try_clone(), server.try_clone()),
+                            (server.try_clone(), client.try_clone()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                        {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        self.running = Some(ProxyRun {
+            stop,
+            conns,
+            thread,
+        });
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }

@@ -28,10 +28,77 @@ pub struct AgentConfig {
     /// How often entries and the bundle are synchronised from core.
     #[serde(default = "default_sync_interval", with = "humantime_serde")]
     pub sync_interval: Duration,
+    /// The unix workload attestor.
+    #[serde(default)]
+    pub unix: UnixConfig,
+    /// The Kubernetes workload attestor; off unless `[k8s] enabled = true`.
+    #[serde(default)]
+    pub k8s: Option<K8sConfig>,
+    /// Envoy SDS on the Workload API socket.
+    #[serde(default)]
+    pub sds: crate::sds::SdsConfig,
 }
 
 fn default_sync_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+/// The unix workload attestor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnixConfig {
+    /// Adds `unix:path:<binary>` (from `/proc/<pid>/exe`) to each caller's selectors.
+    pub discover_workload_path: bool,
+}
+
+impl Default for UnixConfig {
+    fn default() -> Self {
+        UnixConfig {
+            discover_workload_path: true,
+        }
+    }
+}
+
+/// The Kubernetes workload attestor.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct K8sConfig {
+    /// Turns the attestor on.
+    pub enabled: bool,
+    /// The kubelet's secure port.
+    pub kubelet_url: String,
+    /// File with the bearer token for the kubelet (re-read on every request).
+    pub token_path: PathBuf,
+    /// PEM CA that signed the kubelet's serving certificate.
+    pub kubelet_ca_path: Option<PathBuf>,
+    /// Accept any kubelet certificate. INSECURE: anything listening on `kubelet_url` could
+    /// then invent pods; only for kubelets with self-signed serving certificates.
+    pub skip_kubelet_verification: bool,
+    /// Give pods `spiffe://<td>/ns/<namespace>/sa/<service-account>` when no entry matches.
+    pub default_identity: bool,
+    /// Where `/proc` is (the host's, when the agent runs in a container).
+    pub proc_root: PathBuf,
+    /// How many times to list pods while a new container is not yet listed.
+    pub max_poll_attempts: u32,
+    /// Pause between those attempts.
+    #[serde(with = "humantime_serde")]
+    pub poll_retry_interval: Duration,
+}
+
+impl Default for K8sConfig {
+    fn default() -> Self {
+        K8sConfig {
+            enabled: false,
+            kubelet_url: "https://127.0.0.1:10250".into(),
+            token_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+            kubelet_ca_path: Some("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into()),
+            skip_kubelet_verification: false,
+            default_identity: true,
+            proc_root: "/proc".into(),
+            max_poll_attempts: 60,
+            poll_retry_interval: Duration::from_millis(500),
+        }
+    }
 }
 
 impl AgentConfig {
@@ -96,6 +163,28 @@ mod tests {
         let text = base().replace("https://", "http://");
         let err = AgentConfig::parse(&text, Path::new("a.toml")).unwrap_err();
         assert!(err.to_string().contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_agent_sections_parse() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("## Agent").unwrap();
+        let block = &doc[start..];
+        let toml_start = block.find("```toml\n").unwrap() + 8;
+        let toml_end = block[toml_start..].find("```").unwrap();
+        let mut text = block[toml_start..toml_start + toml_end].to_string();
+        text = text.replace("enabled = false", "enabled = true");
+        let cfg = AgentConfig::parse(&text, Path::new("doc.toml")).unwrap();
+        let k8s = cfg.k8s.unwrap();
+        assert!(k8s.enabled && k8s.default_identity && !k8s.skip_kubelet_verification);
+        assert_eq!(k8s.poll_retry_interval, Duration::from_millis(500));
+        assert_eq!(cfg.sds.default_bundle_name, "ROOTCA");
+        assert!(cfg.unix.discover_workload_path);
+        assert!(AgentConfig::parse(
+            &(base() + "[k8s]\nkubelet_urll = \"x\"\n"),
+            Path::new("a.toml")
+        )
+        .is_err());
     }
 
     #[test]

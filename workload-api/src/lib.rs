@@ -2,12 +2,16 @@
 //! their identities over the SPIFFE Workload API.
 //!
 //! Data flows one way: [`node_client`] holds the node credential and talks to core,
-//! [`cache`] keeps an SVID per entry current, [`attestor`] identifies callers, and
-//! [`workload`] answers them from the cache.
+//! [`cache`] keeps an SVID per entry (and per pod default identity) current, [`attestor`]
+//! identifies callers, [`identity`] decides what they get, and [`workload`] answers them
+//! from the cache ([`jwt`] for JWT-SVIDs).
 
 pub mod attestor;
 pub mod cache;
 pub mod config;
+pub mod identity;
+pub mod jwt;
 pub mod node_client;
+pub mod sds;
 pub mod server;
 pub mod workload;

@@ -7,8 +7,11 @@ use keygrid_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::attestor::Attestor;
 use crate::config::AgentConfig;
+use crate::sds::SdsService;
 use crate::{cache, node_client::CoreClient, workload::WorkloadApi};
+use keygrid_proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
@@ -18,6 +21,7 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let attestor = std::sync::Arc::new(Attestor::from_config(&cfg)?);
     let core = CoreClient::start(cfg.clone()).await?;
     let cache = cache::start(core.clone(), cfg.trust_domain.clone(), cfg.sync_interval);
 
@@ -34,8 +38,20 @@ pub async fn run(
     std::fs::set_permissions(&cfg.socket_path, std::fs::Permissions::from_mode(0o777))?;
     tracing::info!(node = %core.node_id(), socket = %cfg.socket_path.display(), "keygrid agent ready");
 
+    let sds = cfg.sds.enabled.then(|| {
+        SecretDiscoveryServiceServer::new(SdsService::new(
+            cache.clone(),
+            attestor.clone(),
+            cfg.sds.clone(),
+        ))
+    });
     tonic::transport::Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(cache)))
+        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(
+            cache,
+            core.clone(),
+            attestor,
+        )))
+        .add_optional_service(sds)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("Workload API server failed")?;

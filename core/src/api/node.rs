@@ -7,17 +7,34 @@ use tonic::{Request, Response, Status};
 
 use super::blocking;
 use crate::issuance::Issuance;
+use crate::jwt::JwtIssuer;
 use crate::store::EntryRecord;
 
 /// Serves `keygrid.v1.Node`.
 pub struct NodeApi {
     issuance: Arc<Issuance>,
+    jwt: Option<Arc<JwtIssuer>>,
 }
 
 impl NodeApi {
     /// Creates the service.
     pub fn new(issuance: Arc<Issuance>) -> Self {
-        NodeApi { issuance }
+        NodeApi {
+            issuance,
+            jwt: None,
+        }
+    }
+
+    /// Enables JWT-SVIDs and the JWT bundle, signed by `jwt`.
+    pub fn with_jwt(mut self, jwt: Arc<JwtIssuer>) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
+    fn jwt(&self) -> Result<Arc<JwtIssuer>, Status> {
+        self.jwt
+            .clone()
+            .ok_or_else(|| Status::unimplemented("JWT-SVIDs are not enabled on this server"))
     }
 
     fn bundle(&self) -> pb::Bundle {
@@ -117,9 +134,16 @@ impl pb::node_server::Node for NodeApi {
         req: Request<pb::MintX509svidRequest>,
     ) -> Result<Response<pb::MintX509svidResponse>, Status> {
         let node = self.caller(&req).await?;
-        let pb::MintX509svidRequest { entry_id, csr } = req.into_inner();
+        let pb::MintX509svidRequest {
+            entry_id,
+            csr,
+            default_spiffe_id,
+        } = req.into_inner();
         let issuance = self.issuance.clone();
-        let svid = blocking(move || issuance.mint_x509_svid(&node, &entry_id, &csr)).await?;
+        let svid = blocking(move || {
+            issuance.mint_x509_svid_for(&node, &entry_id, &default_spiffe_id, &csr)
+        })
+        .await?;
         Ok(Response::new(pb::MintX509svidResponse {
             spiffe_id: svid.spiffe_id,
             cert_chain: svid.chain,
@@ -133,5 +157,43 @@ impl pb::node_server::Node for NodeApi {
     ) -> Result<Response<pb::Bundle>, Status> {
         self.caller(&req).await?;
         Ok(Response::new(self.bundle()))
+    }
+
+    async fn mint_jwtsvid(
+        &self,
+        req: Request<pb::MintJwtsvidRequest>,
+    ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        let node = self.caller(&req).await?;
+        let jwt = self.jwt()?;
+        let pb::MintJwtsvidRequest {
+            entry_id,
+            audience,
+            default_spiffe_id,
+        } = req.into_inner();
+        let issuance = self.issuance.clone();
+        let (spiffe_id, signed) = blocking(move || {
+            issuance.mint_jwt_svid(&jwt, &node, &entry_id, &default_spiffe_id, &audience)
+        })
+        .await?;
+        Ok(Response::new(pb::MintJwtsvidResponse {
+            spiffe_id,
+            token: signed.token,
+            expires_at: signed.expires_at,
+        }))
+    }
+
+    async fn fetch_jwt_bundle(
+        &self,
+        req: Request<pb::FetchJwtBundleRequest>,
+    ) -> Result<Response<pb::JwtBundle>, Status> {
+        self.caller(&req).await?;
+        let jwks = self.jwt()?.jwks().map_err(|e| {
+            tracing::error!(error = %e, "JWKS could not be built");
+            Status::internal("internal error; see the core log")
+        })?;
+        Ok(Response::new(pb::JwtBundle {
+            trust_domain: self.issuance.hierarchy().trust_domain().to_string(),
+            jwks,
+        }))
     }
 }

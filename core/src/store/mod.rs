@@ -6,6 +6,7 @@
 //! that changes several rows runs in one transaction, so a refused or failed request leaves
 //! no half-written state behind.
 
+mod jwt_keys;
 mod migrations;
 mod revocation;
 
@@ -16,6 +17,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+
+pub use jwt_keys::JwtKeyRecord;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
