@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Measure issuance against the raw signing rate of the same key (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage join tokens for node attestation.
     Token {
         #[command(subcommand)]
@@ -219,6 +224,25 @@ enum EntryCommand {
         /// Entry ID.
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// X.509-SVID issuance per second per core, beside the raw sign rate of the same CA key.
+    Issue {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "3")]
+        seconds: u64,
+        /// Key backends to measure (software, pkcs11).
+        #[arg(long, value_delimiter = ',', default_value = "software,pkcs11")]
+        backends: Vec<String>,
+        /// CA key algorithms (ecdsa-p256, ecdsa-p384).
+        #[arg(long, value_delimiter = ',', default_value = "ecdsa-p256,ecdsa-p384")]
+        algorithms: Vec<String>,
+        /// PKCS#11 module for the pkcs11 backend (a private SoftHSM2 token is created).
+        #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
     },
 }
 
@@ -605,7 +629,11 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Serve { .. } | Command::Dev(_) | Command::Ocsp { .. } | Command::Policy { .. } => {
+        Command::Serve { .. }
+        | Command::Dev(_)
+        | Command::Ocsp { .. }
+        | Command::Policy { .. }
+        | Command::Bench { .. } => {
             unreachable!("handled in run")
         }
     }
@@ -627,7 +655,46 @@ async fn shutdown_signal() {
     }
 }
 
+fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Issue {
+        seconds,
+        backends,
+        algorithms,
+        pkcs11_module,
+    } = cmd;
+    let algorithms = algorithms
+        .iter()
+        .map(|a| {
+            keygrid_core::keys::KeyAlgorithm::from_name(a).ok_or_else(|| {
+                anyhow::anyhow!("unknown algorithm {a:?}; use ecdsa-p256 or ecdsa-p384")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = tempfile::tempdir()?;
+    if backends.iter().any(|b| b == "pkcs11") {
+        if !pkcs11_module.exists() {
+            anyhow::bail!(
+                "{} not found; install SoftHSM2 (scripts/install-deps.sh)",
+                pkcs11_module.display()
+            );
+        }
+        keygrid_core::bench::prepare_softhsm(dir.path())?;
+    }
+    let results = keygrid_core::bench::run(
+        &pkcs11_module,
+        &backends,
+        &algorithms,
+        Duration::from_secs(seconds.max(1)),
+    )?;
+    keygrid_core::bench::print(&results);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // `bench` configures SoftHSM2's environment, so it runs before any thread exists.
+    if let Command::Bench { command } = cli.command {
+        return bench(command);
+    }
     if let Command::Policy { command } = cli.command {
         return if policy_check(command)? {
             Ok(())
