@@ -617,6 +617,8 @@ mod tests {
                     default_svid_ttl: Duration::from_secs(300),
                     max_svid_ttl: Duration::from_secs(3600),
                     node_cert_ttl: Duration::from_secs(3600),
+                    jwt_svid_ttl: Duration::from_secs(300),
+                    default_identities: false,
                 },
             ));
             (SpireUpstream::new(store.clone(), h, issuance), store)

@@ -109,6 +109,7 @@ const MIGRATIONS: &[&str] = &[
         next_update INTEGER NOT NULL,
         der BLOB NOT NULL,
         PRIMARY KEY (issuer, number)
+    );",
     // 4: JWT-SVID signing keys (labels in the key backend, never the keys).
     "CREATE TABLE jwt_keys (
         kid TEXT PRIMARY KEY,
