@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/spire/plugin/types/x509certificate.proto",
             "proto/spire/plugin/types/jwtkey.proto",
             "proto/spire/plugin/server/upstreamauthority/v1/upstreamauthority.proto",
+            "proto/spire/plugin/server/nodeattestor/v1/nodeattestor.proto",
+            "proto/spire/plugin/agent/nodeattestor/v1/nodeattestor.proto",
         ],
         &["proto", include.as_str()],
     )?;

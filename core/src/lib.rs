@@ -6,13 +6,16 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod bench;
 pub mod ca;
 pub mod config;
 pub mod dev;
+pub mod http;
 pub mod identity;
 pub mod issuance;
 pub mod keys;
 pub mod policy;
+pub mod revocation;
 pub mod server;
 pub mod spire_credential;
 pub mod store;

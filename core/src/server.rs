@@ -120,7 +120,12 @@ pub async fn run(
     .with_context(|| format!("cannot write {}", cfg.bundle_path().display()))?;
     spawn_bundle_refresh(hierarchy.clone(), store.clone(), cfg.bundle_path());
 
-    let issuance = Arc::new(Issuance::new(
+    let revocation =
+        crate::revocation::runtime::start_in_core(store.clone(), hierarchy.clone(), &cfg.http)
+            .await?;
+    crate::revocation::runtime::spawn_maintenance(&revocation, cfg.http.maintenance_interval);
+
+    let mut issuance = Issuance::new(
         store.clone(),
         hierarchy.clone(),
         cfg.compiled_policy(),
@@ -129,7 +134,12 @@ pub async fn run(
             max_svid_ttl: cfg.workloads.max_svid_ttl,
             node_cert_ttl: cfg.nodes.cert_ttl,
         },
-    ));
+    );
+    if let Some(base) = cfg.http.public_base() {
+        issuance =
+            issuance.with_revocation_urls(crate::revocation::pointers::RevocationUrls::new(&base));
+    }
+    let issuance = Arc::new(issuance);
     let serving = Arc::new(
         tls::ServingCert::issue(&hierarchy, &store, &cfg)
             .map_err(|e| anyhow::anyhow!("cannot issue core's serving certificate: {e}"))?,
@@ -199,30 +209,44 @@ pub async fn run(
             stopped(stop_rx.clone()),
         );
     let admin_server = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminApi::new(
-            store.clone(),
-            hierarchy.clone(),
-            Arc::new(token.clone()),
-            crate::api::admin::AdminSettings {
-                join_token_ttl: cfg.nodes.join_token_ttl,
-                max_svid_ttl: cfg.workloads.max_svid_ttl,
-                rotation_preparation: cfg.ca.rotation_preparation,
-            },
-        )))
+        .add_service(AdminServer::new(
+            AdminApi::new(
+                store.clone(),
+                hierarchy.clone(),
+                Arc::new(token.clone()),
+                crate::api::admin::AdminSettings {
+                    join_token_ttl: cfg.nodes.join_token_ttl,
+                    max_svid_ttl: cfg.workloads.max_svid_ttl,
+                    rotation_preparation: cfg.ca.rotation_preparation,
+                },
+            )
+            .with_revoker(revocation.revoker.clone()),
+        ))
         .add_service(SpireAdminServer::new(SpireAdminApi::new(
             spire,
             hierarchy.clone(),
         )))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(admin_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http_server = crate::revocation::runtime::serve_http(
+        &cfg.http,
+        store.clone(),
+        hierarchy.clone(),
+        revocation.responder.clone(),
+        stopped(stop_rx),
+    );
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(listen = %listen_addr, admin_socket = %admin_path.display(),
         bundle = %cfg.bundle_path().display(), "keygrid core ready");
-    let (a, b) = tokio::join!(node_server, admin_server);
+    let (a, b, c) = tokio::join!(node_server, admin_server, http_server);
     a.context("node API server failed")?;
     b.context("admin API server failed")?;
+    c?;
     let _ = std::fs::remove_file(&admin_path);
     tracing::info!("keygrid core stopped");
     Ok(())

@@ -64,6 +64,23 @@ pub mod spire {
                     tonic::include_proto!("spire.plugin.server.upstreamauthority.v1");
                 }
             }
+            /// The server NodeAttestor interface: decides an agent's identity from its evidence.
+            pub mod nodeattestor {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.plugin.server.nodeattestor.v1");
+                }
+            }
+        }
+        /// Agent-side plugin interfaces.
+        pub mod agent {
+            /// The agent NodeAttestor interface: produces the agent's evidence and answers challenges.
+            pub mod nodeattestor {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.plugin.agent.nodeattestor.v1");
+                }
+            }
         }
     }
 }

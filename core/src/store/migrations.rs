@@ -92,6 +92,24 @@ const MIGRATIONS: &[&str] = &[
         rule TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
+    // 3: revocations and the CRLs published for them.
+    "CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        issuer TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        reason INTEGER NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        UNIQUE (issuer, serial)
+    );
+    CREATE TABLE crls (
+        issuer TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        base_number INTEGER,
+        this_update INTEGER NOT NULL,
+        next_update INTEGER NOT NULL,
+        der BLOB NOT NULL,
+        PRIMARY KEY (issuer, number)
+    );",
 ];
 
 /// The schema version this build of KeyGrid migrates to.
@@ -113,7 +131,7 @@ pub fn current_version(conn: &Connection) -> Result<i64, StoreError> {
 /// Applies every migration newer than the database. Refuses a database from a newer KeyGrid.
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     let current = current_version(conn)?;
-    let latest = MIGRATIONS.len() as i64;
+    let latest = latest();
     if current > latest {
         return Err(StoreError::Corrupt(format!(
             "database schema version {current} is newer than this KeyGrid understands ({latest}); upgrade KeyGrid"

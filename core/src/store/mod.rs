@@ -7,6 +7,9 @@
 //! no half-written state behind.
 
 mod migrations;
+mod revocation;
+
+pub use revocation::{CrlRecord, RevocationRecord};
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
