@@ -375,6 +375,16 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
     server.wait_ready();
     let log = server.log();
     assert!(log.contains("Plugin loaded") && log.contains("plugin_name=keygrid"));
+    // PublishJWTKeyAndSubscribe answers Unimplemented: SPIRE keeps its JWT keys local.
+    wait_until(
+        "SPIRE to note that JWT keys stay local",
+        Duration::from_secs(10),
+        || {
+            server
+                .log()
+                .contains("UpstreamAuthority plugin does not support JWT-SVIDs")
+        },
+    );
 
     // SPIRE's bundle is exactly KeyGrid's root, and openssl agrees it chains there.
     let bundle = server.bundle_pem();

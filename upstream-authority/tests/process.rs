@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use keygrid_proto::goplugin::{grpc_controller_client::GrpcControllerClient, Empty};
+use keygrid_proto::goplugin::{
+    grpc_broker_client::GrpcBrokerClient, grpc_controller_client::GrpcControllerClient, ConnInfo,
+    Empty,
+};
 use keygrid_proto::spire::service::common::config::v1::{
     config_client::ConfigClient, ConfigureRequest, CoreConfiguration,
 };
@@ -40,6 +43,88 @@ fn wrong_cookie_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("UpstreamAuthority=\"NodeAttestor\""));
+}
+
+/// Starts the plugin as go-plugin would; returns the child, its stdout and a channel.
+async fn start_plugin(
+    socket_dir: &std::path::Path,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    PathBuf,
+    tonic::transport::Channel,
+) {
+    let mut child = Command::new(BIN)
+        .env("UpstreamAuthority", "UpstreamAuthority")
+        .env("PLUGIN_PROTOCOL_VERSIONS", "1")
+        .env("PLUGIN_UNIX_SOCKET_DIR", socket_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let socket = PathBuf::from(line.trim_end().split('|').nth(3).unwrap());
+    let path = socket.clone();
+    let channel = Endpoint::try_from("http://unused")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    (child, stdout, socket, channel)
+}
+
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "plugin did not exit after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// Multi-threaded: the test thread blocks while waiting for the exit, and the client's
+// connection must keep running meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_broker_stream_ends_the_plugin() {
+    // SPIRE closes its broker when it unloads the plugin; a host that dies without a
+    // Shutdown call also ends the stream.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, _stdout, socket, channel) = start_plugin(tmp.path()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(ConnInfo {
+        service_id: 1,
+        network: "unix".into(),
+        address: "/tmp/host-services".into(),
+        knock: None,
+    })
+    .await
+    .unwrap();
+    let _responses = GrpcBrokerClient::new(channel)
+        .start_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "alive while the broker is open"
+    );
+    drop(tx);
+    let status = wait_exit(&mut child, "the broker closed");
+    assert!(status.success());
+    assert!(!socket.exists());
 }
 
 #[tokio::test]
