@@ -158,7 +158,7 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("cannot issue core's serving certificate: {e}"))?,
     );
     let tls_config =
-        tls::server_config(&hierarchy.bundle(), serving.clone()).map_err(anyhow::Error::msg)?;
+        tls::follow_bundle(hierarchy.clone(), serving.clone()).map_err(anyhow::Error::msg)?;
 
     let listener = TcpListener::bind(cfg.server.listen)
         .await

@@ -133,13 +133,44 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts TCP connections and yields those that complete a TLS handshake.
+/// Keeps the TLS server configuration in step with the trust bundle: when a rotated root
+/// enters the bundle, clients whose certificates chain to it must be accepted from then on.
+pub fn follow_bundle(
+    hierarchy: Arc<Hierarchy>,
+    cert: Arc<ServingCert>,
+) -> Result<tokio::sync::watch::Receiver<Arc<ServerConfig>>, String> {
+    let mut bundle = hierarchy.subscribe_bundle();
+    let first = server_config(&bundle.borrow_and_update().roots, cert.clone())?;
+    let (tx, rx) = tokio::sync::watch::channel(first);
+    tokio::spawn(async move {
+        while bundle.changed().await.is_ok() {
+            let roots = bundle.borrow_and_update().roots.clone();
+            match server_config(&roots, cert.clone()) {
+                Ok(cfg) => {
+                    if tx.send(cfg).is_err() {
+                        return;
+                    }
+                    tracing::info!(
+                        roots = roots.len(),
+                        "TLS client verification follows the new trust bundle"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rebuild the TLS configuration for the new bundle")
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Accepts TCP connections and yields those that complete a TLS handshake, each with the
+/// configuration current when it was accepted.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -153,7 +184,7 @@ pub fn incoming(
             if tx.is_closed() {
                 break;
             }
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config.borrow().clone());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
