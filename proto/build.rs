@@ -15,7 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/keygrid/v1/node.proto",
             "proto/keygrid/v1/admin.proto",
-            "proto/spiffe/workload.proto",
             "proto/google/rpc/status.proto",
             "proto/envoy/type/v3/semantic_version.proto",
             "proto/envoy/config/core/v3/base.proto",
@@ -28,6 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         &["proto", include.as_str()],
     )?;
+    // The Workload API holds one response stream per workload open for hours: use the
+    // codec with small per-stream buffers (src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
+        .compile_protos(
+            &["proto/spiffe/workload.proto"],
+            &["proto", include.as_str()],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }
