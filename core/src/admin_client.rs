@@ -9,6 +9,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Connects to core's admin socket.
 pub async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
+    Ok(AdminClient::new(channel(socket).await?))
+}
+
+/// A channel to core's admin socket, for any of the services served there.
+pub async fn channel(socket: &Path) -> anyhow::Result<Channel> {
     if !socket.exists() {
         anyhow::bail!(
             "admin socket {} does not exist: is keygrid core running, and is this its data directory?",
@@ -26,5 +31,5 @@ pub async fn connect(socket: &Path) -> anyhow::Result<AdminClient<Channel>> {
         }))
         .await
         .with_context(|| format!("cannot connect to admin socket {}", socket.display()))?;
-    Ok(AdminClient::new(channel))
+    Ok(channel)
 }

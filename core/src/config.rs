@@ -37,6 +37,63 @@ pub struct CoreConfig {
     /// Issuance policy rules (`[[policy]]` tables), checked on every issuance path.
     #[serde(default)]
     pub policy: Vec<crate::policy::PolicyRule>,
+    /// The HTTP listener for OCSP, CRLs and CA certificates (revocation).
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The HTTP listener: OCSP responder, CRLs, CA certificates. Off unless `listen` is set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Plain-HTTP listen address (OCSP and CRLs are signed objects and are served over
+    /// HTTP by convention, RFC 5280 §4.2.1.13 / RFC 6960 App. A).
+    pub listen: Option<SocketAddr>,
+    /// URL relying parties reach the listener at, written into certificates' AIA and CDP;
+    /// defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// How long an OCSP answer is valid (thisUpdate to nextUpdate); cached answers are
+    /// re-signed after half of it.
+    #[serde(with = "humantime_serde")]
+    pub ocsp_response_validity: Duration,
+    /// Lifetime of each delegated OCSP responder certificate; rotated at half-life.
+    #[serde(with = "humantime_serde")]
+    pub ocsp_responder_cert_ttl: Duration,
+    /// Key type of the delegated OCSP responder (`ecdsa-p256` or `ecdsa-p384`).
+    pub ocsp_responder_algorithm: KeyAlgorithm,
+    /// How long a CRL is valid (thisUpdate to nextUpdate); re-published after half of it
+    /// and on every revocation.
+    #[serde(with = "humantime_serde")]
+    pub crl_validity: Duration,
+    /// How often the responder looks for new revocations (made by another process),
+    /// rotates certificates and refreshes cached answers.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            public_url: None,
+            ocsp_response_validity: Duration::from_secs(3600),
+            ocsp_responder_cert_ttl: Duration::from_secs(24 * 3600),
+            ocsp_responder_algorithm: KeyAlgorithm::EcdsaP256,
+            crl_validity: Duration::from_secs(24 * 3600),
+            maintenance_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The public base URL, if the listener is on.
+    pub fn public_base(&self) -> Option<String> {
+        match (&self.public_url, self.listen) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(addr)) => Some(format!("http://{addr}")),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Network endpoints of core.
@@ -270,6 +327,31 @@ impl CoreConfig {
                 "server.serving_cert_ttl must be at least 1m".into(),
             ));
         }
+        let h = &cfg.http;
+        if h.ocsp_responder_cert_ttl < Duration::from_secs(10) {
+            return Err(invalid(
+                "http.ocsp_responder_cert_ttl must be at least 10s".into(),
+            ));
+        }
+        if h.ocsp_response_validity < Duration::from_secs(2)
+            || h.crl_validity < Duration::from_secs(2)
+        {
+            return Err(invalid(
+                "http.ocsp_response_validity and http.crl_validity must be at least 2s".into(),
+            ));
+        }
+        if h.maintenance_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "http.maintenance_interval must be at least 100ms".into(),
+            ));
+        }
+        if let Some(u) = &h.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || !u.is_ascii() {
+                return Err(invalid(format!(
+                    "http.public_url {u:?} must be an http:// or https:// URL"
+                )));
+            }
+        }
         if let Err(e) = crate::policy::Policy::new(cfg.policy.clone()) {
             // Point at the `[[policy]]` table the error names (policy[i]).
             let index = e
@@ -321,6 +403,7 @@ impl CoreConfig {
         );
         s.root_ttl = self.ca.root_ttl;
         s.issuer_ttl = self.ca.issuer_ttl;
+        s.revocation_base_url = self.http.public_base();
         s.control_plane_constraints = crate::ca::profiles::IssuerConstraints {
             uri_host: None,
             dns: self.ca.control_plane_dns.clone(),
@@ -402,6 +485,27 @@ mod tests {
         .to_string();
         assert!(err.contains("svid_tll"), "{err}");
         assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn http_section_defaults_and_checks() {
+        let cfg = CoreConfig::parse(
+            "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[http]\nlisten = \"127.0.0.1:8082\"\n",
+            Path::new("core.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.http.public_base().as_deref(),
+            Some("http://127.0.0.1:8082")
+        );
+        assert_eq!(cfg.http.ocsp_responder_algorithm, KeyAlgorithm::EcdsaP256);
+        let err = CoreConfig::parse(
+            "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[http]\npublic_url = \"ftp://x\"\n",
+            Path::new("core.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("public_url"), "{err}");
     }
 
     #[test]

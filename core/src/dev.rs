@@ -38,6 +38,9 @@ pub struct DevArgs {
     /// PKCS#11 module (SoftHSM2 by default).
     #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
     pub pkcs11_module: PathBuf,
+    /// Address of the HTTP listener for OCSP and CRLs (off when not given).
+    #[arg(long)]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// The agent binary; defaults to `keygrid-agent` beside this binary.
     #[arg(long, env = "KEYGRID_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
@@ -124,6 +127,10 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
         max = humantime::format_duration(args.svid_ttl.max(Duration::from_secs(3600))),
         jwt = humantime::format_duration(args.jwt_svid_ttl),
     );
+    let mut toml = toml;
+    if let Some(addr) = args.http_listen {
+        toml.push_str(&format!("\n[http]\nlisten = \"{addr}\"\n"));
+    }
     write_atomic(&core_config, toml.as_bytes(), 0o600)?;
     Ok(DevPlan {
         args,

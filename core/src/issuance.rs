@@ -102,6 +102,7 @@ pub struct Issuance {
     ca: Arc<Hierarchy>,
     policy: Policy,
     settings: IssuanceSettings,
+    revocation_urls: Option<crate::revocation::pointers::RevocationUrls>,
 }
 
 /// Parses a DER CSR and checks its self-signature (proof of possession of the key).
@@ -150,12 +151,22 @@ impl Issuance {
             ca,
             policy,
             settings,
+            revocation_urls: None,
         }
+    }
+
+    /// Makes node certificates carry AIA (OCSP, caIssuers) and CDP pointing at `urls`.
+    pub fn with_revocation_urls(
+        mut self,
+        urls: crate::revocation::pointers::RevocationUrls,
+    ) -> Self {
+        self.revocation_urls = Some(urls);
+        self
     }
 
     /// Asks the policy engine; a refusal is recorded as an event (and nothing else is
     /// written) and becomes PermissionDenied naming the rule.
-    fn apply_policy(
+    pub(crate) fn apply_policy(
         &self,
         actor: &str,
         subject: &str,
@@ -178,7 +189,7 @@ impl Issuance {
     }
 
     /// Records a refusal. If even that fails, the request fails as an internal error.
-    fn refuse(
+    pub(crate) fn refuse(
         &self,
         actor: &str,
         subject: &str,
@@ -286,8 +297,11 @@ impl Issuance {
                 ..Default::default()
             },
         )?;
-        let params = profiles::node(node_id)?;
+        let mut params = profiles::node(node_id)?;
         let nodes = self.ca.nodes();
+        if let Some(urls) = &self.revocation_urls {
+            urls.apply(&mut params, nodes.name())?;
+        }
         let issued = nodes.sign(params, &csr.public_key, ttl, now)?;
         let cert = record(&nodes, PROFILE_NODE, node_id, &issued);
         Ok((issued, cert, nodes))

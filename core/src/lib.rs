@@ -6,14 +6,18 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod bench;
 pub mod ca;
 pub mod config;
 pub mod default_identity;
 pub mod dev;
+pub mod http;
 pub mod identity;
 pub mod issuance;
 pub mod jwt;
 pub mod keys;
 pub mod policy;
+pub mod revocation;
 pub mod server;
+pub mod spire_credential;
 pub mod store;

@@ -50,12 +50,127 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Measure issuance against the raw signing rate of the same key (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage join tokens for node attestation.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Revoke and list issued certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run the OCSP responder on its own, against core's store.
+    Ocsp {
+        #[command(subcommand)]
+        command: OcspCommand,
+    },
+    /// Credentials for SPIRE servers using the keygrid-upstream-authority plugin.
+    Spire {
+        #[command(subcommand)]
+        command: SpireCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Revoke a certificate by serial (hex) or by its PEM/DER file.
+    Revoke {
+        /// Serial number in hex, or the path of the certificate file.
+        target: String,
+        /// RFC 5280 reason: keyCompromise, cACompromise, affiliationChanged, superseded,
+        /// cessationOfOperation, privilegeWithdrawn, aACompromise, unspecified.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Issuer name (root, nodes, workloads), when a serial alone is ambiguous.
+        #[arg(long, default_value = "")]
+        issuer: String,
+    },
+    /// List issued certificates, newest first.
+    List {
+        /// Only revoked certificates.
+        #[arg(long)]
+        revoked: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum OcspCommand {
+    /// Serve OCSP and CRLs from core's store ([http] section of the core configuration).
+    Serve {
+        /// Core configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn read_cert_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if data.windows(10).any(|w| w == b"-----BEGIN") {
+        // PEM, perhaps with comments or a chain: the first CERTIFICATE block is the leaf.
+        let blocks = pem::parse_many(&data)
+            .with_context(|| format!("{} is not valid PEM", path.display()))?;
+        return blocks
+            .into_iter()
+            .find(|p| p.tag() == "CERTIFICATE")
+            .map(|p| p.into_contents())
+            .with_context(|| format!("{} holds no CERTIFICATE block", path.display()));
+    }
+    Ok(data)
+}
+
+fn print_cert(c: &pb::CertificateInfo) {
+    let fmt = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| t.to_string())
+    };
+    println!("Serial        : {}", c.serial);
+    println!("Issuer        : {}", c.issuer);
+    println!("Profile       : {}", c.profile);
+    println!("Subject       : {}", c.subject);
+    println!(
+        "Valid         : {} .. {}",
+        fmt(c.not_before_unix),
+        fmt(c.not_after_unix)
+    );
+    if c.revoked {
+        println!(
+            "Revoked       : {} ({})",
+            fmt(c.revoked_at_unix),
+            c.revocation_reason
+        );
+    }
+    println!();
+}
+
+#[derive(Subcommand)]
+enum SpireCommand {
+    /// Issue a SPIRE server's client credential and write it with KeyGrid's bundle.
+    Credential {
+        /// The SPIRE server's identity: spiffe://<trust domain>/spire/server/<name>.
+        #[arg(long)]
+        spire_server_id: String,
+        /// Directory to write svid.pem, svid.key (0600) and bundle.pem into.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Credential lifetime (default 30 days, cut to the issuing CA's expiry).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
     },
 }
 
@@ -132,6 +247,25 @@ enum EntryCommand {
         /// Entry ID.
         #[arg(long)]
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// X.509-SVID issuance per second per core, beside the raw sign rate of the same CA key.
+    Issue {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "3")]
+        seconds: u64,
+        /// Key backends to measure (software, pkcs11).
+        #[arg(long, value_delimiter = ',', default_value = "software,pkcs11")]
+        backends: Vec<String>,
+        /// CA key algorithms (ecdsa-p256, ecdsa-p384).
+        #[arg(long, value_delimiter = ',', default_value = "ecdsa-p256,ecdsa-p384")]
+        algorithms: Vec<String>,
+        /// PKCS#11 module for the pkcs11 backend (a private SoftHSM2 token is created).
+        #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
     },
 }
 
@@ -473,7 +607,77 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", res.token);
         }
-        Command::Serve { .. } | Command::Dev(_) | Command::Policy { .. } => {
+        Command::Cert { command, admin } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            match command {
+                CertCommand::Revoke {
+                    target,
+                    reason,
+                    issuer,
+                } => {
+                    let path = std::path::Path::new(&target);
+                    let (serial, certificate_der) = if path.is_file() {
+                        (String::new(), read_cert_file(path)?)
+                    } else {
+                        (target.clone(), Vec::new())
+                    };
+                    let res = c
+                        .revoke_certificate(pb::RevokeCertificateRequest {
+                            serial,
+                            issuer,
+                            certificate_der,
+                            reason,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    if let Some(cert) = res.certificate {
+                        println!("Revoked certificate");
+                        print_cert(&cert);
+                    }
+                }
+                CertCommand::List { revoked, limit } => {
+                    let res = c
+                        .list_certificates(pb::ListCertificatesRequest {
+                            revoked_only: revoked,
+                            limit,
+                        })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    println!("Found {} certificates", res.certificates.len());
+                    for cert in &res.certificates {
+                        print_cert(cert);
+                    }
+                }
+            }
+        }
+        Command::Spire {
+            command:
+                SpireCommand::Credential {
+                    spire_server_id,
+                    out_dir,
+                    ttl,
+                },
+            admin,
+        } => {
+            let written = keygrid_core::spire_credential::issue(
+                &admin.socket()?,
+                &spire_server_id,
+                &out_dir,
+                ttl,
+            )
+            .await?;
+            println!("certificate: {}", written.cert.display());
+            println!("key:         {}", written.key.display());
+            println!("bundle:      {}", written.bundle.display());
+            println!("expires:     {}", written.expires_at);
+        }
+        Command::Serve { .. }
+        | Command::Dev(_)
+        | Command::Ocsp { .. }
+        | Command::Policy { .. }
+        | Command::Bench { .. } => {
             unreachable!("handled in run")
         }
     }
@@ -495,7 +699,46 @@ async fn shutdown_signal() {
     }
 }
 
+fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Issue {
+        seconds,
+        backends,
+        algorithms,
+        pkcs11_module,
+    } = cmd;
+    let algorithms = algorithms
+        .iter()
+        .map(|a| {
+            keygrid_core::keys::KeyAlgorithm::from_name(a).ok_or_else(|| {
+                anyhow::anyhow!("unknown algorithm {a:?}; use ecdsa-p256 or ecdsa-p384")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dir = tempfile::tempdir()?;
+    if backends.iter().any(|b| b == "pkcs11") {
+        if !pkcs11_module.exists() {
+            anyhow::bail!(
+                "{} not found; install SoftHSM2 (scripts/install-deps.sh)",
+                pkcs11_module.display()
+            );
+        }
+        keygrid_core::bench::prepare_softhsm(dir.path())?;
+    }
+    let results = keygrid_core::bench::run(
+        &pkcs11_module,
+        &backends,
+        &algorithms,
+        Duration::from_secs(seconds.max(1)),
+    )?;
+    keygrid_core::bench::print(&results);
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // `bench` configures SoftHSM2's environment, so it runs before any thread exists.
+    if let Command::Bench { command } = cli.command {
+        return bench(command);
+    }
     if let Command::Policy { command } = cli.command {
         return if policy_check(command)? {
             Ok(())
@@ -528,6 +771,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve { config } => {
                 let cfg = CoreConfig::load(&config)?;
                 keygrid_core::server::run(cfg, shutdown_signal()).await
+            }
+            Command::Ocsp {
+                command: OcspCommand::Serve { config },
+            } => {
+                let cfg = CoreConfig::load(&config)?;
+                keygrid_core::revocation::runtime::serve_standalone(cfg, shutdown_signal()).await
             }
             Command::Dev(_) => match dev_plan {
                 Some(plan) => dev::run(plan).await,

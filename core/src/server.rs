@@ -10,12 +10,16 @@ use keygrid_proto::keygrid::v1::{admin_server::AdminServer, node_server::NodeSer
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::api::spire_upstream::{SpireAdminApi, SpireUpstream, SpireUpstreamApi};
 use crate::api::{admin::AdminApi, node::NodeApi, tls};
 use crate::ca::Hierarchy;
 use crate::config::CoreConfig;
 use crate::issuance::{Issuance, IssuanceSettings};
 use crate::keys::pkcs11::Pkcs11Token;
 use crate::store::Store;
+use keygrid_proto::keygrid::v1::{
+    spire_admin_server::SpireAdminServer, spire_upstream_server::SpireUpstreamServer,
+};
 
 /// Writes `data` to `path` atomically (temp file + rename), with `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
@@ -116,7 +120,12 @@ pub async fn run(
     .with_context(|| format!("cannot write {}", cfg.bundle_path().display()))?;
     spawn_bundle_refresh(hierarchy.clone(), store.clone(), cfg.bundle_path());
 
-    let issuance = Arc::new(Issuance::new(
+    let revocation =
+        crate::revocation::runtime::start_in_core(store.clone(), hierarchy.clone(), &cfg.http)
+            .await?;
+    crate::revocation::runtime::spawn_maintenance(&revocation, cfg.http.maintenance_interval);
+
+    let mut issuance = Issuance::new(
         store.clone(),
         hierarchy.clone(),
         cfg.compiled_policy(),
@@ -127,7 +136,12 @@ pub async fn run(
             jwt_svid_ttl: cfg.workloads.jwt_svid_ttl,
             default_identities: cfg.workloads.default_identities,
         },
-    ));
+    );
+    if let Some(base) = cfg.http.public_base() {
+        issuance =
+            issuance.with_revocation_urls(crate::revocation::pointers::RevocationUrls::new(&base));
+    }
+    let issuance = Arc::new(issuance);
     let jwt = {
         let (store, token, alg) = (store.clone(), token.clone(), cfg.workloads.jwt_algorithm);
         let (jwt, created) = tokio::task::spawn_blocking(move || {
@@ -193,35 +207,61 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let spire = Arc::new(SpireUpstream::new(
+        store.clone(),
+        hierarchy.clone(),
+        issuance.clone(),
+    ));
     let node_server = tonic::transport::Server::builder()
         .add_service(NodeServer::new(
             NodeApi::new(issuance.clone()).with_jwt(jwt),
+        ))
+        .add_service(SpireUpstreamServer::new(
+            SpireUpstreamApi::new(spire.clone(), hierarchy.clone()).ending_on(stop_rx.clone()),
         ))
         .serve_with_incoming_shutdown(
             tls::incoming(listener, tls_config),
             stopped(stop_rx.clone()),
         );
     let admin_server = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminApi::new(
-            store.clone(),
+        .add_service(AdminServer::new(
+            AdminApi::new(
+                store.clone(),
+                hierarchy.clone(),
+                Arc::new(token.clone()),
+                crate::api::admin::AdminSettings {
+                    join_token_ttl: cfg.nodes.join_token_ttl,
+                    max_svid_ttl: cfg.workloads.max_svid_ttl,
+                    rotation_preparation: cfg.ca.rotation_preparation,
+                },
+            )
+            .with_revoker(revocation.revoker.clone()),
+        ))
+        .add_service(SpireAdminServer::new(SpireAdminApi::new(
+            spire,
             hierarchy.clone(),
-            Arc::new(token.clone()),
-            crate::api::admin::AdminSettings {
-                join_token_ttl: cfg.nodes.join_token_ttl,
-                max_svid_ttl: cfg.workloads.max_svid_ttl,
-                rotation_preparation: cfg.ca.rotation_preparation,
-            },
         )))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(admin_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http_server = crate::revocation::runtime::serve_http(
+        &cfg.http,
+        store.clone(),
+        hierarchy.clone(),
+        revocation.responder.clone(),
+        stopped(stop_rx),
+    );
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(listen = %listen_addr, admin_socket = %admin_path.display(),
         bundle = %cfg.bundle_path().display(), "keygrid core ready");
-    let (a, b) = tokio::join!(node_server, admin_server);
+    let (a, b, c) = tokio::join!(node_server, admin_server, http_server);
     a.context("node API server failed")?;
     b.context("admin API server failed")?;
+    c?;
     let _ = std::fs::remove_file(&admin_path);
     tracing::info!("keygrid core stopped");
     Ok(())

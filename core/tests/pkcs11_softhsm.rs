@@ -319,6 +319,7 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
         issuer_ttl: Duration::from_secs(7 * 24 * 3600),
         control_plane_constraints: Default::default(),
+        revocation_base_url: None,
     };
     let db = dir.join("keygrid.db");
     let (root_der, workloads_der, root_location) = {

@@ -4,6 +4,8 @@
 //! A missing tool is a test failure with an install hint, never a skip: these tests are
 //! the proof that KeyGrid works with real components.
 
+pub mod swtpm;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,13 +113,36 @@ impl DevEnv {
 
     /// Starts `keygrid dev` in an existing data directory (to test restarts).
     pub fn start_in(dir: tempfile::TempDir, svid_ttl: &str) -> Self {
-        Self::start_in_with(dir, svid_ttl, &[])
+        Self::start_with_args(dir, svid_ttl, &[])
     }
 
     /// Starts `keygrid dev` in `dir` with extra command-line arguments.
     pub fn start_in_with(dir: tempfile::TempDir, svid_ttl: &str, extra_args: &[&str]) -> Self {
-        softhsm_module();
+        let extra: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        Self::start_with_args(dir, svid_ttl, &extra)
+    }
+
+    /// Starts `keygrid dev` with extra command-line arguments (e.g. `--http-listen`).
+    pub fn start_with_args(dir: tempfile::TempDir, svid_ttl: &str, extra: &[String]) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
+        Self::start_at_with_args(dir, &listen, svid_ttl, extra)
+    }
+
+    /// Starts `keygrid dev` in `dir` with core listening on `listen` (to restart core at
+    /// the address its clients are configured with).
+    pub fn start_at(dir: tempfile::TempDir, listen: &str, svid_ttl: &str) -> Self {
+        Self::start_at_with_args(dir, listen, svid_ttl, &[])
+    }
+
+    /// The general form of the constructors above.
+    pub fn start_at_with_args(
+        dir: tempfile::TempDir,
+        listen: &str,
+        svid_ttl: &str,
+        extra: &[String],
+    ) -> Self {
+        softhsm_module();
+        let listen = listen.to_string();
         let trust_domain = "example.org".to_string();
         let log = std::fs::File::create(dir.path().join("dev.log")).expect("log file");
         let child = Command::new(bin("keygrid"))
@@ -130,7 +155,7 @@ impl DevEnv {
             .arg(&trust_domain)
             .arg("--svid-ttl")
             .arg(svid_ttl)
-            .args(extra_args)
+            .args(extra)
             .env("KEYGRID_AGENT_BIN", bin("keygrid-agent"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

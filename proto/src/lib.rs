@@ -19,6 +19,74 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
+/// hashicorp/go-plugin's own services (broker, controller, stdio), package `plugin` on
+/// the wire; every SPIRE plugin process serves them next to its plugin interface.
+pub mod goplugin {
+    tonic::include_proto!("plugin");
+}
+
+/// The subset of the SPIRE plugin SDK's protos KeyGrid's plugins implement. Module
+/// nesting mirrors the proto packages so generated cross-package paths resolve.
+pub mod spire {
+    /// Services SPIRE offers or requires around every plugin.
+    pub mod service {
+        /// SPIRE's private services (not part of the public SDK surface).
+        pub mod private {
+            /// The Init handshake that tells SPIRE which services the plugin implements.
+            pub mod init {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.service.private.init.v1");
+                }
+            }
+        }
+        /// Services common to server and agent plugins.
+        pub mod common {
+            /// Plugin configuration (HCL `plugin_data`).
+            pub mod config {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.service.common.config.v1");
+                }
+            }
+        }
+    }
+    /// Plugin interfaces and their shared types.
+    pub mod plugin {
+        /// Types shared by plugin interfaces (certificates, JWT keys).
+        pub mod types {
+            tonic::include_proto!("spire.plugin.types");
+        }
+        /// Server-side plugin interfaces.
+        pub mod server {
+            /// The UpstreamAuthority interface: SPIRE's CA signed by an external CA.
+            pub mod upstreamauthority {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.plugin.server.upstreamauthority.v1");
+                }
+            }
+            /// The server NodeAttestor interface: decides an agent's identity from its evidence.
+            pub mod nodeattestor {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.plugin.server.nodeattestor.v1");
+                }
+            }
+        }
+        /// Agent-side plugin interfaces.
+        pub mod agent {
+            /// The agent NodeAttestor interface: produces the agent's evidence and answers challenges.
+            pub mod nodeattestor {
+                /// Version 1.
+                pub mod v1 {
+                    tonic::include_proto!("spire.plugin.agent.nodeattestor.v1");
+                }
+            }
+        }
+    }
+}
+
 /// Envoy's Secret Discovery Service (v3): a hand-written, wire-compatible subset of
 /// Envoy's API (see `proto/envoy/README.md`), for the agent's SDS server.
 pub mod envoy {

@@ -39,6 +39,7 @@ pub struct AdminApi {
     ca: Arc<Hierarchy>,
     keys: Arc<dyn IssuerKeys>,
     settings: AdminSettings,
+    revoker: Option<Arc<crate::revocation::Revoker>>,
 }
 
 /// Checks the caller of the admin socket: only root or core's own user may administer.
@@ -97,7 +98,14 @@ impl AdminApi {
             ca,
             keys,
             settings,
+            revoker: None,
         }
+    }
+
+    /// Enables the revocation RPCs.
+    pub fn with_revoker(mut self, revoker: Arc<crate::revocation::Revoker>) -> Self {
+        self.revoker = Some(revoker);
+        self
     }
 
     fn show(&self) -> Result<pb::ShowCaResponse, Status> {
@@ -343,5 +351,53 @@ impl pb::admin_server::Admin for AdminApi {
             );
         }
         Ok(Response::new(self.show()?))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let uid = authorize_peer(&req)?;
+        let revoker = self
+            .revoker
+            .clone()
+            .ok_or_else(|| Status::unimplemented("revocation is not enabled"))?;
+        let request = super::revocation::revoke_request(req.into_inner(), uid)?;
+        let (rev, cert) = tokio::task::spawn_blocking(move || revoker.revoke(&request))
+            .await
+            .map_err(|_| Status::internal("worker task failed"))?
+            .map_err(super::revocation::revoke_status)?;
+        Ok(Response::new(pb::RevokeCertificateResponse {
+            certificate: Some(super::revocation::certificate_info(cert, Some(rev))),
+        }))
+    }
+
+    async fn list_certificates(
+        &self,
+        req: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        authorize_peer(&req)?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 1000,
+            n if (1..=100_000).contains(&n) => n,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "limit must be between 0 and 100000",
+                ))
+            }
+        };
+        let store = self.store.clone();
+        let rows =
+            tokio::task::spawn_blocking(move || store.list_certificates(r.revoked_only, limit))
+                .await
+                .map_err(|_| Status::internal("worker task failed"))?
+                .map_err(store_status)?;
+        Ok(Response::new(pb::ListCertificatesResponse {
+            certificates: rows
+                .into_iter()
+                .map(|(c, r)| super::revocation::certificate_info(c, r))
+                .collect(),
+        }))
     }
 }

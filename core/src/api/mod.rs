@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod node;
+pub mod revocation;
+pub mod spire_upstream;
 pub mod tls;
 
 use crate::issuance::IssueError;

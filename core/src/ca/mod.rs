@@ -178,6 +178,14 @@ impl Authority {
         self.signer.algorithm()
     }
 
+    /// Signs a CRL with this CA's key (revocation publishes one per issuer).
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, CaError> {
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
     /// The CA's signing key (for CRLs and other structures signed outside rcgen's
     /// certificate builder).
     pub fn signer(&self) -> Arc<dyn CaSigner> {
@@ -246,6 +254,9 @@ pub struct HierarchySettings {
     pub issuer_ttl: Duration,
     /// DNS and IP name constraints of the control-plane CA (empty: none).
     pub control_plane_constraints: profiles::IssuerConstraints,
+    /// Public base URL of the OCSP/CRL listener: issuing CAs then carry AIA and CDP
+    /// pointing at the root's OCSP answers and CRL (`None`: no pointers).
+    pub revocation_base_url: Option<String>,
 }
 
 impl HierarchySettings {
@@ -262,6 +273,7 @@ impl HierarchySettings {
             issuer_algorithm,
             issuer_ttl: Duration::from_secs(365 * 24 * 3600),
             control_plane_constraints: profiles::IssuerConstraints::default(),
+            revocation_base_url: None,
         }
     }
 
@@ -431,7 +443,11 @@ impl Hierarchy {
             let label = format!("keygrid-{name}-{generation}-{suffix}");
             let backend = keys.backend(name);
             let key = backend.generate(&label, s.issuer_algorithm)?;
-            let params = profiles::issuing_ca(&td_id, name, path_len(name), &s.constraints(name))?;
+            let mut params =
+                profiles::issuing_ca(&td_id, name, path_len(name), &s.constraints(name))?;
+            if let Some(base) = &s.revocation_base_url {
+                crate::revocation::pointers::RevocationUrls::new(base).apply(&mut params, ROOT)?;
+            }
             let issued = root.sign(params, &SharedSigner(key.clone()), s.issuer_ttl, now)?;
             let rec = AuthorityRecord {
                 name: name.into(),

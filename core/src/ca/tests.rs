@@ -22,6 +22,7 @@ fn settings(trust_domain: &str) -> HierarchySettings {
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
         issuer_ttl: Duration::from_secs(30 * 24 * 3600),
         control_plane_constraints: Default::default(),
+        revocation_base_url: None,
     }
 }
 

@@ -92,7 +92,25 @@ const MIGRATIONS: &[&str] = &[
         rule TEXT NOT NULL,
         detail TEXT NOT NULL
     );",
-    // 3: JWT-SVID signing keys (labels in the key backend, never the keys).
+    // 3: revocations and the CRLs published for them.
+    "CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        issuer TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        reason INTEGER NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        UNIQUE (issuer, serial)
+    );
+    CREATE TABLE crls (
+        issuer TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        base_number INTEGER,
+        this_update INTEGER NOT NULL,
+        next_update INTEGER NOT NULL,
+        der BLOB NOT NULL,
+        PRIMARY KEY (issuer, number)
+    );",
+    // 4: JWT-SVID signing keys (labels in the key backend, never the keys).
     "CREATE TABLE jwt_keys (
         kid TEXT PRIMARY KEY,
         key_label TEXT NOT NULL,

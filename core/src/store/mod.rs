@@ -8,6 +8,9 @@
 
 mod jwt_keys;
 mod migrations;
+mod revocation;
+
+pub use revocation::{CrlRecord, RevocationRecord};
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
