@@ -16,7 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/keygrid/v1/node.proto",
             "proto/keygrid/v1/admin.proto",
             "proto/keygrid/v1/upstream.proto",
-            "proto/spiffe/workload.proto",
             "proto/goplugin/grpc_broker.proto",
             "proto/goplugin/grpc_controller.proto",
             "proto/goplugin/grpc_stdio.proto",
@@ -39,6 +38,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         &["proto", include.as_str()],
     )?;
+    // The Workload API holds one response stream per workload open for hours: use the
+    // codec with small per-stream buffers (src/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
+        .compile_protos(
+            &["proto/spiffe/workload.proto"],
+            &["proto", include.as_str()],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

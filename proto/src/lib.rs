@@ -3,6 +3,8 @@
 //! Keeping all `.proto` files in one crate means one code generator run, one set of
 //! prost/tonic versions, and a single place an auditor reads to see what is on the wire.
 
+pub mod codec;
+
 /// KeyGrid's own API: the node API agents use and the admin API the CLI uses.
 pub mod keygrid {
     /// Version 1 of the KeyGrid API.

@@ -203,7 +203,8 @@ where
     F: Fn(&Snapshot) -> Option<Result<T, Status>> + Send + 'static,
     H: Send + 'static,
 {
-    let (tx, out) = mpsc::channel(4);
+    // One message in flight is enough: every message carries the full state.
+    let (tx, out) = mpsc::channel(1);
     tokio::spawn(async move {
         let _hold = hold;
         let mut last: Option<T> = None;
@@ -211,10 +212,12 @@ where
             let snap = rx.borrow_and_update().clone();
             match compose(&snap) {
                 Some(Ok(msg)) if !(dedup && last.as_ref() == Some(&msg)) => {
-                    if tx.send(Ok(msg.clone())).await.is_err() {
+                    // Only deduplicating streams keep a copy of what they sent.
+                    let keep = dedup.then(|| msg.clone());
+                    if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
-                    last = Some(msg);
+                    last = keep;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(status)) => {
