@@ -37,6 +37,58 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Path of a SPIRE binary built by `scripts/build-spire.sh`; fails the test if missing.
+pub fn spire_tool(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tools/bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-spire.sh (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// The uid this test runs as (the identity `keygrid dev` registers).
+pub fn uid() -> u32 {
+    // SAFETY: getuid(2) takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// A raw Workload API client (generated from the SPIFFE proto) over an agent's socket, for
+/// tests that need exact status codes and every stream message.
+pub async fn workload_client(
+    socket: &Path,
+) -> keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("static URI")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to workload socket");
+    keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}
+
+/// Wraps a Workload API request with the `workload.spiffe.io: true` security header.
+pub fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    req
+}
+
 /// Path of an external tool on PATH; fails the test with an install hint if it is missing.
 pub fn require_tool(name: &str, install_hint: &str) -> PathBuf {
     let path = std::env::var_os("PATH").map(|p| {

@@ -3,41 +3,11 @@
 //! reachable again the agent reconnects on its own and pushes a rotated SVID before the
 //! held one expires.
 
-use std::path::Path;
+use keygrid_integration::{uid, with_header, workload_client};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use keygrid_integration::{Agent, DevEnv, TcpProxy};
-use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use keygrid_proto::workload::{X509svidRequest, X509svidResponse};
-use tonic::transport::{Channel, Endpoint, Uri};
-
-fn uid() -> u32 {
-    // SAFETY: getuid(2) has no arguments or failure modes.
-    unsafe { libc::getuid() }
-}
-
-async fn workload_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect to workload socket");
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    req
-}
 
 fn leaf_facts(msg: &X509svidResponse) -> (Vec<u8>, i64) {
     let der = &msg.svids[0].x509_svid;

@@ -4,6 +4,7 @@
 //! identity `spiffe://<td>/ns/<ns>/sa/<sa>`, minted by core; an entry with `k8s:` selectors
 //! takes precedence over the default.
 
+use keygrid_integration::{with_header, workload_client};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use keygrid_integration::{Agent, DevEnv};
 use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use keygrid_proto::workload::{JwtsvidRequest, X509svidRequest};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const CONTAINER_ID: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const POD_UID: &str = "0ab1c2d3-e4f5-4a6b-9c8d-7e6f5a4b3c21";
@@ -118,28 +119,6 @@ async fn start_kubelet(dir: &Path) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         }
     });
     (addr, seen)
-}
-
-async fn workload_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect to workload socket");
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    req
 }
 
 async fn first_svid_id(

@@ -3,15 +3,11 @@
 //! ACK and NACK (neither answered), a rotation pushed on the open stream, a stale nonce
 //! ignored, a name change answered, an unknown name refused, and FetchSecrets.
 
+use keygrid_integration::uid;
 use std::process::Command;
 
 use keygrid_integration::{go_sds_client, run, DevEnv};
 use serde_json::Value;
-
-fn uid() -> u32 {
-    // SAFETY: getuid(2) has no arguments or failure modes.
-    unsafe { libc::getuid() }
-}
 
 #[test]
 fn envoy_sds_default_rootca_ack_nack_and_rotation() {

@@ -1,25 +1,13 @@
 //! SPIRE v1.13.3, built from the Go module proxy by scripts/build-spire.sh, runs here.
 //! Later SPIRE integration tests (UpstreamAuthority, TPM node attestor) depend on it.
 
-use std::path::PathBuf;
+use keygrid_integration::spire_tool;
 use std::process::Command;
-
-fn tool(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tools/bin")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-spire.sh (make test does)",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn spire_server_and_agent_report_version_1_13_3() {
     for name in ["spire-server", "spire-agent"] {
-        let out = Command::new(tool(name))
+        let out = Command::new(spire_tool(name))
             .arg("--version")
             .output()
             .expect("run SPIRE");

@@ -3,6 +3,7 @@
 //! gets the EK-hash SPIFFE ID, and then serves a workload SVID. A TPM whose EK certificate
 //! comes from an unknown CA is refused with the reason in the server log and no agent entry.
 
+use keygrid_integration::spire_tool;
 use keygrid_integration::swtpm::{LocalCa, Swtpm};
 use keygrid_integration::{bin, free_port, run, wait_until};
 use std::path::{Path, PathBuf};
@@ -11,18 +12,6 @@ use std::time::Duration;
 use x509_parser::prelude::FromDer;
 
 const TD: &str = "example.org";
-
-fn spire(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tools/bin")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-spire.sh (make test does)",
-        path.display()
-    );
-    path
-}
 
 /// A child process killed on drop, with its log file.
 struct Proc {
@@ -105,7 +94,7 @@ plugins {{
         let path = dir.join("server.conf");
         std::fs::write(&path, conf).expect("server.conf");
         let proc = Proc::start(
-            Command::new(spire("spire-server"))
+            Command::new(spire_tool("spire-server"))
                 .arg("run")
                 .arg("-config")
                 .arg(&path),
@@ -116,7 +105,7 @@ plugins {{
             "spire-server to become healthy",
             Duration::from_secs(30),
             || {
-                Command::new(spire("spire-server"))
+                Command::new(spire_tool("spire-server"))
                     .args(["healthcheck", "-socketPath"])
                     .arg(&server.socket)
                     .output()
@@ -128,7 +117,7 @@ plugins {{
     }
 
     fn cmd(&self, args: &[&str]) -> String {
-        let out = run(Command::new(spire("spire-server"))
+        let out = run(Command::new(spire_tool("spire-server"))
             .args(args)
             .arg("-socketPath")
             .arg(&self.socket));
@@ -179,7 +168,7 @@ plugins {{
     let path = dir.join("agent.conf");
     std::fs::write(&path, conf).expect("agent.conf");
     let proc = Proc::start(
-        Command::new(spire("spire-agent"))
+        Command::new(spire_tool("spire-agent"))
             .arg("run")
             .arg("-config")
             .arg(&path),
@@ -251,7 +240,7 @@ fn spire_agent_with_swtpm_attests_and_serves_a_workload_svid() {
         "a workload SVID from the SPIRE agent",
         Duration::from_secs(60),
         || {
-            let out = run(Command::new(spire("spire-agent"))
+            let out = run(Command::new(spire_tool("spire-agent"))
                 .args(["api", "fetch", "x509", "-socketPath"])
                 .arg(&agent_socket));
             last = format!(

@@ -4,6 +4,7 @@
 //! against it, SPIRE rotates its CA through KeyGrid, refusals reach SPIRE's log, and SPIRE
 //! keeps serving while core is down.
 
+use keygrid_integration::{spire_tool, uid};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,18 +17,6 @@ use spiffe::X509Source;
 /// every 50 s with room for the 10 s check interval.
 const CA_TTL: &str = "60s";
 
-fn spire_tool(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tools/bin")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-spire.sh (make test does)",
-        path.display()
-    );
-    path
-}
-
 fn sha256_file(path: &Path) -> String {
     require_tool("sha256sum", "apt-get install coreutils");
     let out = run(Command::new("sha256sum").arg(path));
@@ -37,11 +26,6 @@ fn sha256_file(path: &Path) -> String {
         .next()
         .expect("sha256sum output")
         .to_string()
-}
-
-fn uid() -> u32 {
-    // SAFETY: getuid(2) has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
 }
 
 /// Issues a SPIRE server credential with `keygrid spire credential`; returns its dir.

@@ -1,23 +1,17 @@
 //! End to end: `keygrid dev` (SoftHSM2 root, core, agent) serves 5-minute X.509-SVIDs that
 //! an independent SPIFFE client accepts and `openssl verify` chains to the root.
 
+use keygrid_integration::{uid, with_header, workload_client};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hyper_util::rt::TokioIo;
 use keygrid_integration::{bin, require_tool, run, DevEnv};
 use keygrid_proto::keygrid::v1 as kg;
-use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use keygrid_proto::workload::{X509BundlesRequest, X509svidRequest};
 use spiffe::X509Source;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use x509_parser::extensions::GeneralName;
-
-fn uid() -> u32 {
-    // SAFETY: getuid(2) has no arguments or failure modes.
-    unsafe { libc::getuid() }
-}
 
 fn now_secs() -> i64 {
     SystemTime::now()
@@ -30,29 +24,6 @@ fn pem_of(ders: &[&[u8]]) -> String {
     ders.iter()
         .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.to_vec())))
         .collect()
-}
-
-/// A raw Workload API client (generated from the SPIFFE proto) over the agent's socket.
-async fn workload_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect to workload socket");
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    req
 }
 
 fn openssl_verify(

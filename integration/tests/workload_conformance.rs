@@ -5,24 +5,17 @@
 //! bad signature fail validation. Also the exact error codes and messages of the API and
 //! core's refusal of identities outside a node's scope.
 
-use std::path::Path;
+use keygrid_integration::{uid, with_header, workload_client};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hyper_util::rt::TokioIo;
 use keygrid_integration::{go_spiffe_client, run, DevEnv};
 use keygrid_proto::keygrid::v1 as kg;
 use keygrid_proto::workload as wl;
-use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use serde_json::Value;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
-
-fn uid() -> u32 {
-    // SAFETY: getuid(2) has no arguments or failure modes.
-    unsafe { libc::getuid() }
-}
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 fn now() -> i64 {
     SystemTime::now()
@@ -51,28 +44,6 @@ fn tamper_signature(token: &str) -> String {
     let i = t.len() - 10;
     t[i] = if t[i] == 'A' { 'B' } else { 'A' };
     t.into_iter().collect()
-}
-
-async fn workload_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect to workload socket");
-    SpiffeWorkloadApiClient::new(channel)
-}
-
-fn with_header<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().unwrap());
-    req
 }
 
 #[tokio::test(flavor = "multi_thread")]
