@@ -320,11 +320,31 @@ impl Issuance {
     /// by the nodes CA (an X.509-SVID, which also chains to the root, is refused) and that
     /// the store recorded it as a node certificate for the SPIFFE ID it names.
     pub fn authenticate_node(&self, leaf_der: &[u8]) -> Result<String, IssueError> {
+        let spiffe_id = self.authenticate_credential(leaf_der, PROFILE_NODE, "node")?;
+        if self.store.node(&spiffe_id)?.is_none() {
+            return Err(IssueError::PermissionDenied(
+                "not a node credential: node is not registered".into(),
+            ));
+        }
+        Ok(spiffe_id)
+    }
+
+    /// Identifies a TLS client by a credential KeyGrid issued under `profile` from the
+    /// nodes CA: TLS checked the chain up to the root; this checks that the leaf came from
+    /// the nodes CA (any generation: credentials outlive a rotation; an X.509-SVID, which
+    /// also chains to the root, is refused) and that the store recorded that serial under
+    /// `profile` for the SPIFFE ID the certificate names. `what` names the credential in
+    /// refusals.
+    pub fn authenticate_credential(
+        &self,
+        leaf_der: &[u8],
+        profile: &str,
+        what: &str,
+    ) -> Result<String, IssueError> {
         let denied =
-            |why: &str| IssueError::PermissionDenied(format!("not a node credential: {why}"));
+            |why: &str| IssueError::PermissionDenied(format!("not a {what} credential: {why}"));
         let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
             .map_err(|_| denied("certificate does not parse"))?;
-        // Any generation of the nodes CA: a node keeps its certificate across a rotation.
         let from_nodes_ca = self.ca.generations_of(crate::ca::NODES).iter().any(|ca| {
             x509_parser::parse_x509_certificate(ca.cert_der())
                 .map(|(_, c)| c.subject().as_raw() == leaf.issuer().as_raw())
@@ -349,11 +369,10 @@ impl Issuance {
             .store
             .certificate(crate::ca::NODES, &serial)?
             .ok_or_else(|| denied("unknown certificate"))?;
-        if rec.profile != PROFILE_NODE || rec.subject != spiffe_id {
-            return Err(denied("certificate was not issued to this node"));
-        }
-        if self.store.node(&spiffe_id)?.is_none() {
-            return Err(denied("node is not registered"));
+        if rec.profile != profile || rec.subject != spiffe_id {
+            return Err(denied(&format!(
+                "certificate was not issued to this {what}"
+            )));
         }
         Ok(spiffe_id)
     }

@@ -24,7 +24,7 @@ use x509_parser::public_key::PublicKey;
 
 use super::admin::authorize_peer;
 use super::blocking;
-use crate::ca::{profiles, Authority, Hierarchy, Issued, NODES};
+use crate::ca::{profiles, Authority, Hierarchy, Issued};
 use crate::issuance::{Issuance, IssueError, MAX_CSR_BYTES};
 use crate::policy::{csr_key_info, PolicyRequest};
 use crate::store::{CertificateRecord, Store};
@@ -254,40 +254,8 @@ impl SpireUpstream {
     /// already verified the chain to the root): issued by the nodes CA and recorded as a
     /// [`PROFILE_SPIRE_SERVER`] credential for the SPIFFE ID it names.
     pub fn authenticate(&self, leaf_der: &[u8]) -> Result<String, IssueError> {
-        let denied = |why: &str| {
-            IssueError::PermissionDenied(format!("not a SPIRE server credential: {why}"))
-        };
-        let (_, leaf) = x509_parser::parse_x509_certificate(leaf_der)
-            .map_err(|_| denied("certificate does not parse"))?;
-        // Any generation of the nodes CA: a credential outlives a nodes CA rotation.
-        let from_nodes_ca = self.ca.generations_of(NODES).iter().any(|ca| {
-            x509_parser::parse_x509_certificate(ca.cert_der())
-                .map(|(_, c)| c.subject().as_raw() == leaf.issuer().as_raw())
-                .unwrap_or(false)
-        });
-        if !from_nodes_ca {
-            return Err(denied("not issued by KeyGrid's nodes CA"));
-        }
-        let id = leaf
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .and_then(|san| {
-                san.value.general_names.iter().find_map(|n| match n {
-                    GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-            })
-            .ok_or_else(|| denied("no SPIFFE ID"))?;
-        let serial = hex::encode(leaf.raw_serial());
-        let rec = self
-            .store
-            .certificate(NODES, &serial)?
-            .ok_or_else(|| denied("unknown certificate"))?;
-        if rec.profile != PROFILE_SPIRE_SERVER || rec.subject != id {
-            return Err(denied("certificate was not issued to a SPIRE server"));
-        }
-        Ok(id)
+        self.issuance
+            .authenticate_credential(leaf_der, PROFILE_SPIRE_SERVER, "SPIRE server")
     }
 
     /// Signs a SPIRE server's CA CSR after the policy checks, and records the result
