@@ -304,6 +304,9 @@ async fn sync_once(
         .await
         .map_err(|s| anyhow::anyhow!("fetch bundle: {}", s.message()))?
         .into_inner();
+    if let Err(e) = core.adopt_bundle(&bundle.x509_authorities).await {
+        tracing::warn!(error = %e, "cannot adopt the new trust bundle");
+    }
     let current = tx.borrow().clone();
     let jwt_bundle = match client.fetch_jwt_bundle(pb::FetchJwtBundleRequest {}).await {
         Ok(r) => r.into_inner().jwks,

@@ -155,7 +155,7 @@ impl NodeCredential {
 /// The agent's client of core, re-keyed whenever the node credential changes.
 pub struct CoreClient {
     cfg: AgentConfig,
-    roots_pem: String,
+    roots_pem: RwLock<String>,
     channel: RwLock<Channel>,
     credential: RwLock<NodeCredential>,
 }
@@ -185,21 +185,29 @@ fn identity(cred: &NodeCredential) -> Identity {
 }
 
 impl CoreClient {
+    /// Where the agent keeps the latest bundle core sent it (newer than the configured
+    /// bootstrap bundle after a root rotation).
+    fn saved_bundle_path(cfg: &AgentConfig) -> PathBuf {
+        cfg.data_dir.join("bundle.pem")
+    }
+
     /// Obtains a node credential (saved one, or by redeeming the join token) and connects.
     pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Self>> {
-        let roots_pem = std::fs::read_to_string(&cfg.trust_bundle_path).with_context(|| {
-            format!(
-                "cannot read trust bundle {}",
-                cfg.trust_bundle_path.display()
-            )
-        })?;
+        let saved = Self::saved_bundle_path(&cfg);
+        let bundle_path = if saved.exists() {
+            saved
+        } else {
+            cfg.trust_bundle_path.clone()
+        };
+        let roots_pem = std::fs::read_to_string(&bundle_path)
+            .with_context(|| format!("cannot read trust bundle {}", bundle_path.display()))?;
         if pem::parse_many(&roots_pem)
             .map(|v| v.is_empty())
             .unwrap_or(true)
         {
             anyhow::bail!(
                 "trust bundle {} holds no PEM certificates",
-                cfg.trust_bundle_path.display()
+                bundle_path.display()
             );
         }
         let credential = match NodeCredential::load_valid(&cfg.data_dir)? {
@@ -239,7 +247,7 @@ impl CoreClient {
         let channel = connect(&cfg, &roots_pem, Some(identity(&credential))).await?;
         Ok(Arc::new(CoreClient {
             cfg,
-            roots_pem,
+            roots_pem: RwLock::new(roots_pem),
             channel: RwLock::new(channel),
             credential: RwLock::new(credential),
         }))
@@ -279,7 +287,7 @@ impl CoreClient {
             .into_inner();
         let cred = NodeCredential::from_response(res, &key)?;
         cred.save(&self.cfg.data_dir)?;
-        let channel = connect(&self.cfg, &self.roots_pem, Some(identity(&cred))).await?;
+        let channel = connect(&self.cfg, &self.roots(), Some(identity(&cred))).await?;
         if let Ok(mut c) = self.channel.write() {
             *c = channel;
         }
@@ -287,6 +295,38 @@ impl CoreClient {
             *c = cred;
         }
         tracing::info!("node credential renewed");
+        Ok(())
+    }
+
+    fn roots(&self) -> String {
+        self.roots_pem
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Adopts the trust bundle core published: after a root rotation, core's certificate
+    /// chains to the new root, so the agent must trust it before the old one leaves. The
+    /// bundle arrived over a TLS connection authenticated with the current roots; it is
+    /// saved so a restart starts from it.
+    pub async fn adopt_bundle(&self, roots: &[Vec<u8>]) -> anyhow::Result<()> {
+        if roots.is_empty() {
+            anyhow::bail!("core sent an empty trust bundle; keeping the current one");
+        }
+        let fresh = pem_certs(roots);
+        if fresh == self.roots() {
+            return Ok(());
+        }
+        write_private(&Self::saved_bundle_path(&self.cfg), fresh.as_bytes(), 0o644)?;
+        let id = self.credential.read().map(|c| identity(&c)).ok();
+        let channel = connect(&self.cfg, &fresh, id).await?;
+        if let Ok(mut r) = self.roots_pem.write() {
+            *r = fresh;
+        }
+        if let Ok(mut c) = self.channel.write() {
+            *c = channel;
+        }
+        tracing::info!(roots = roots.len(), "trust bundle for core updated");
         Ok(())
     }
 }
