@@ -120,19 +120,6 @@ fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> 
         .map_err(|e| IssueError::InvalidArgument(format!("csr rejected: {e}")))
 }
 
-fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> CertificateRecord {
-    CertificateRecord {
-        issuer: issuer.name().to_string(),
-        issuer_generation: issued.issuer_generation,
-        serial: issued.serial_hex.clone(),
-        profile: profile.to_string(),
-        subject: subject.to_string(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-        sha256: issued.sha256_hex.clone(),
-    }
-}
-
 /// Profile names recorded in the store.
 pub const PROFILE_NODE: &str = "node";
 /// Profile name of X.509-SVIDs.
@@ -303,7 +290,7 @@ impl Issuance {
             urls.apply(&mut params, nodes.name())?;
         }
         let issued = nodes.sign(params, &csr.public_key, ttl, now)?;
-        let cert = record(&nodes, PROFILE_NODE, node_id, &issued);
+        let cert = issued.record(&nodes, PROFILE_NODE, node_id);
         Ok((issued, cert, nodes))
     }
 
@@ -525,11 +512,10 @@ impl Issuance {
         if issued.clamped {
             tracing::warn!(spiffe_id = %identity.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
         }
-        self.store.record_certificate(&record(
+        self.store.record_certificate(&issued.record(
             &workloads,
             PROFILE_X509_SVID,
             &identity.spiffe_id,
-            &issued,
         ))?;
         tracing::debug!(spiffe_id = %identity.spiffe_id, node = %node_id, serial = %issued.serial_hex, "X.509-SVID issued");
         Ok(MintedSvid {

@@ -24,10 +24,10 @@ use x509_parser::public_key::PublicKey;
 
 use super::admin::authorize_peer;
 use super::blocking;
-use crate::ca::{profiles, Authority, Hierarchy, Issued};
+use crate::ca::{profiles, Authority, Hierarchy};
 use crate::issuance::{Issuance, IssueError, MAX_CSR_BYTES};
 use crate::policy::{csr_key_info, PolicyRequest};
-use crate::store::{CertificateRecord, Store};
+use crate::store::Store;
 
 /// Store profile of a SPIRE server's client credential for this API.
 pub const PROFILE_SPIRE_SERVER: &str = "spire-server";
@@ -186,19 +186,6 @@ fn csr_uris(csr: &x509_parser::certification_request::X509CertificationRequest<'
     uris
 }
 
-fn record(issuer: &Authority, profile: &str, subject: &str, issued: &Issued) -> CertificateRecord {
-    CertificateRecord {
-        issuer: issuer.name().to_string(),
-        issuer_generation: issued.issuer_generation,
-        serial: issued.serial_hex.clone(),
-        profile: profile.to_string(),
-        subject: subject.to_string(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-        sha256: issued.sha256_hex.clone(),
-    }
-}
-
 /// Decisions and signing for SPIRE servers.
 pub struct SpireUpstream {
     store: Arc<Store>,
@@ -237,11 +224,10 @@ impl SpireUpstream {
         params.distinguished_name = dn;
         let nodes = self.ca.nodes();
         let issued = nodes.sign(params, &csr.public_key, ttl, OffsetDateTime::now_utc())?;
-        self.store.record_certificate(&record(
+        self.store.record_certificate(&issued.record(
             &nodes,
             PROFILE_SPIRE_SERVER,
             spire_server_id,
-            &issued,
         ))?;
         tracing::info!(spire_server = %spire_server_id, serial = %issued.serial_hex, "SPIRE server credential issued");
         Ok(SpireCredential {
@@ -316,11 +302,10 @@ impl SpireUpstream {
             )?;
         let issuer = spire_issuer(&self.ca);
         let issued = issuer.sign(params, &public_key, ttl, OffsetDateTime::now_utc())?;
-        self.store.record_certificate(&record(
+        self.store.record_certificate(&issued.record(
             &issuer,
             PROFILE_SPIRE_INTERMEDIATE,
             caller,
-            &issued,
         ))?;
         tracing::info!(spire_server = %caller, serial = %issued.serial_hex, key = %key,
             not_after = issued.not_after, clamped = issued.clamped, "SPIRE CA signed");

@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::ca::{profiles, Hierarchy};
 use crate::config::CoreConfig;
 use crate::issuance::IssueError;
-use crate::store::{CertificateRecord, Store};
+use crate::store::Store;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,16 +80,7 @@ fn issue_serving_cert(
         cfg.server.serving_cert_ttl,
         time::OffsetDateTime::now_utc(),
     )?;
-    store.record_certificate(&CertificateRecord {
-        issuer: nodes.name().to_string(),
-        issuer_generation: issued.issuer_generation,
-        serial: issued.serial_hex.clone(),
-        profile: "core-server".into(),
-        subject: id,
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-        sha256: issued.sha256_hex.clone(),
-    })?;
+    store.record_certificate(&issued.record(&nodes, "core-server", &id))?;
     let signing_key = provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(

@@ -17,7 +17,7 @@ use rcgen::{CertificateParams, Issuer, PublicKeyData, SerialNumber, SigningKey};
 use time::OffsetDateTime;
 
 use crate::keys::{CaSigner, IssuerKeys, KeyAlgorithm, KeyError};
-use crate::store::{AuthorityRecord, Store, StoreError};
+use crate::store::{AuthorityRecord, CertificateRecord, Store, StoreError};
 
 /// Errors from the CA.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,23 @@ pub struct Issued {
     pub clamped: bool,
     /// Generation of the CA that signed it.
     pub issuer_generation: i64,
+}
+
+impl Issued {
+    /// The store record of this certificate, signed by `issuer` under `profile` for
+    /// `subject`: the one place a signed certificate becomes an issuance record.
+    pub fn record(&self, issuer: &Authority, profile: &str, subject: &str) -> CertificateRecord {
+        CertificateRecord {
+            issuer: issuer.name().to_string(),
+            issuer_generation: self.issuer_generation,
+            serial: self.serial_hex.clone(),
+            profile: profile.to_string(),
+            subject: subject.to_string(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            sha256: self.sha256_hex.clone(),
+        }
+    }
 }
 
 /// One generation of one CA: its certificate and its signing key.

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::ca::{Authority, CaError};
 use crate::keys::software::SoftwareKey;
 use crate::keys::{CaSigner, KeyAlgorithm, RcgenSigner};
-use crate::store::{CertificateRecord, Store};
+use crate::store::Store;
 
 /// Profile name recorded in the store for responder certificates.
 pub const PROFILE_OCSP_RESPONDER: &str = "ocsp-responder";
@@ -86,16 +86,11 @@ impl ResponderCredential {
             ttl,
             now,
         )?;
-        store.record_certificate(&CertificateRecord {
-            issuer: authority.name().to_string(),
-            issuer_generation: issued.issuer_generation,
-            serial: issued.serial_hex.clone(),
-            profile: PROFILE_OCSP_RESPONDER.into(),
-            subject: format!("KeyGrid OCSP responder ({})", authority.name()),
-            not_before: issued.not_before,
-            not_after: issued.not_after,
-            sha256: issued.sha256_hex.clone(),
-        })?;
+        store.record_certificate(&issued.record(
+            authority,
+            PROFILE_OCSP_RESPONDER,
+            &format!("KeyGrid OCSP responder ({})", authority.name()),
+        ))?;
         let cert = x509_cert::Certificate::from_der(&issued.der)
             .map_err(|e| CaError::Corrupt(format!("responder certificate does not decode: {e}")))?;
         let key_hash = aws_lc_rs::digest::digest(
