@@ -40,6 +40,46 @@ pub struct CoreConfig {
     /// The HTTP listener for OCSP, CRLs and CA certificates (revocation).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Where issuers configured with `backend = "software"` keep their sealed keys.
+    #[serde(default)]
+    pub software_keys: SoftwareKeysConfig,
+}
+
+/// Environment variable that carries the software backend's key-encryption key; it wins over
+/// `software_keys.kek_file` so a secret store can inject it without touching files.
+pub const SOFTWARE_KEK_ENV: &str = "KEYGRID_SOFTWARE_KEK";
+
+/// The sealed software key backend, used only by issuers whose `[ca.issuers.<name>]` table
+/// says `backend = "software"`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoftwareKeysConfig {
+    /// Directory of sealed key files (default `<data_dir>/sealed-keys`), created 0700.
+    pub dir: Option<PathBuf>,
+    /// File holding the 32-byte key-encryption key as 64 hex digits or base64, mode 0600.
+    /// `KEYGRID_SOFTWARE_KEK` overrides it.
+    pub kek_file: Option<PathBuf>,
+}
+
+/// Where an issuing CA's keys live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The PKCS#11 token of `[hsm]` (the default, and the only choice for the root).
+    #[default]
+    Pkcs11,
+    /// Sealed software keys (`[software_keys]`), for short-lived issuers kept out of the HSM.
+    Software,
+}
+
+/// Per-issuer settings that differ from the `[ca]` defaults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerOverride {
+    /// Key backend for this issuer's new generations.
+    pub backend: BackendChoice,
+    /// Key algorithm for this issuer's new generations (default `ca.issuer_algorithm`).
+    pub algorithm: Option<KeyAlgorithm>,
 }
 
 /// The HTTP listener: OCSP responder, CRLs, CA certificates. Off unless `listen` is set.
@@ -171,6 +211,9 @@ pub struct CaConfig {
     pub control_plane_dns: Vec<String>,
     /// IP name constraints of the control-plane CA, CIDR, e.g. `["10.96.0.0/12"]`.
     pub control_plane_ips: Vec<String>,
+    /// Per-issuer overrides, `[ca.issuers.<name>]` with `backend` and `algorithm`. Changes
+    /// apply to generations created afterwards; existing keys stay where they were made.
+    pub issuers: std::collections::BTreeMap<String, IssuerOverride>,
 }
 
 impl Default for CaConfig {
@@ -183,6 +226,7 @@ impl Default for CaConfig {
             rotation_preparation: Duration::from_secs(3600),
             control_plane_dns: Vec::new(),
             control_plane_ips: Vec::new(),
+            issuers: Default::default(),
         }
     }
 }
@@ -380,13 +424,79 @@ impl CoreConfig {
                 )));
             }
         }
+        for (name, o) in &cfg.ca.issuers {
+            if name == crate::ca::ROOT {
+                return Err(invalid(
+                    "ca.issuers.root: the root's key stays in the HSM; set its algorithm with ca.root_algorithm".into(),
+                ));
+            }
+            if !crate::ca::ISSUERS.contains(&name.as_str()) {
+                return Err(invalid(format!(
+                    "ca.issuers.{name}: unknown issuer; issuers are {}",
+                    crate::ca::ISSUERS.join(", ")
+                )));
+            }
+            if o.backend == BackendChoice::Software
+                && cfg.software_keys.kek_file.is_none()
+                && std::env::var_os(SOFTWARE_KEK_ENV).is_none()
+            {
+                return Err(invalid(format!(
+                    "ca.issuers.{name} uses the software backend but neither software_keys.kek_file nor {SOFTWARE_KEK_ENV} is set"
+                )));
+            }
+        }
+        if cfg.workloads.jwt_algorithm.ecdsa_scalar_len().is_none() {
+            return Err(invalid(format!(
+                "workloads.jwt_algorithm {} is not allowed: JWT-SVIDs are signed ES256 or ES384 (ecdsa-p256, ecdsa-p384)",
+                cfg.workloads.jwt_algorithm
+            )));
+        }
         if cfg.data_dir.is_relative() {
             // Relative paths are taken from the config file's directory, not the caller's cwd.
             if let Some(base) = path.parent() {
                 cfg.data_dir = base.join(&cfg.data_dir);
             }
         }
+        if let Some(base) = path.parent() {
+            let sk = &mut cfg.software_keys;
+            for p in [&mut sk.dir, &mut sk.kek_file].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         Ok(cfg)
+    }
+
+    /// Issuers whose new keys go to the sealed software backend.
+    pub fn software_issuers(&self) -> Vec<String> {
+        self.ca
+            .issuers
+            .iter()
+            .filter(|(_, o)| o.backend == BackendChoice::Software)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The software backend's key-encryption key: `KEYGRID_SOFTWARE_KEK`, else the KEK file;
+    /// `None` when neither is configured.
+    pub fn software_kek(&self) -> Result<Option<crate::keys::sealed::Kek>, crate::keys::KeyError> {
+        use crate::keys::sealed::Kek;
+        if let Ok(v) = std::env::var(SOFTWARE_KEK_ENV) {
+            return Kek::parse(&v, SOFTWARE_KEK_ENV).map(Some);
+        }
+        match &self.software_keys.kek_file {
+            Some(p) => Kek::from_file(p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Directory of sealed software keys.
+    pub fn sealed_keys_dir(&self) -> PathBuf {
+        self.software_keys
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("sealed-keys"))
     }
 
     /// The compiled policy (validated when the file was parsed).
@@ -403,6 +513,12 @@ impl CoreConfig {
         );
         s.root_ttl = self.ca.root_ttl;
         s.issuer_ttl = self.ca.issuer_ttl;
+        s.issuer_algorithms = self
+            .ca
+            .issuers
+            .iter()
+            .filter_map(|(name, o)| o.algorithm.map(|a| (name.clone(), a)))
+            .collect();
         s.revocation_base_url = self.http.public_base();
         s.control_plane_constraints = crate::ca::profiles::IssuerConstraints {
             uri_host: None,
@@ -534,6 +650,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_tll") && err.contains("line 5"), "{err}");
+    }
+
+    #[test]
+    fn per_issuer_backends_and_algorithms() {
+        let base = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n";
+        let parse =
+            |extra: &str| CoreConfig::parse(&format!("{base}{extra}"), Path::new("/etc/k.toml"));
+        let cfg = parse(
+            "[software_keys]\nkek_file = \"kek\"\n[ca.issuers.workloads]\nbackend = \"software\"\nalgorithm = \"ed25519\"\n[ca.issuers.nodes]\nalgorithm = \"rsa-3072\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.software_issuers(), vec!["workloads".to_string()]);
+        assert_eq!(cfg.software_keys.kek_file, Some(PathBuf::from("/etc/kek")));
+        assert_eq!(cfg.sealed_keys_dir(), PathBuf::from("/d/sealed-keys"));
+        let s = cfg.hierarchy_settings();
+        assert_eq!(s.algorithm_for("workloads"), KeyAlgorithm::Ed25519);
+        assert_eq!(s.algorithm_for("nodes"), KeyAlgorithm::Rsa3072);
+        assert_eq!(s.algorithm_for("control-plane"), KeyAlgorithm::EcdsaP384);
+
+        let err = |extra: &str| parse(extra).unwrap_err().to_string();
+        let e = err("[ca.issuers.root]\nalgorithm = \"ed25519\"\n");
+        assert!(e.contains("stays in the HSM"), "{e}");
+        let e = err("[ca.issuers.kitchen]\nalgorithm = \"ed25519\"\n");
+        assert!(e.contains("unknown issuer"), "{e}");
+        if std::env::var_os(SOFTWARE_KEK_ENV).is_none() {
+            let e = err("[ca.issuers.nodes]\nbackend = \"software\"\n");
+            assert!(e.contains("kek_file"), "{e}");
+        }
+        let e = err("[ca.issuers.nodes]\nalgorithm = \"rsa-2048\"\n");
+        assert!(e.contains("rsa-2048"), "{e}");
+        let e = err("[workloads]\njwt_algorithm = \"ed25519\"\n");
+        assert!(e.contains("ES256"), "{e}");
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl JwtIssuer {
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
         let der = key.signer.sign(signing_input.as_bytes())?;
-        let fixed = der_to_fixed(&der, alg.scalar_len())?;
+        let fixed = der_to_fixed(&der, ecdsa_scalar_len(alg)?)?;
         Ok(SignedJwt {
             token: format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(fixed)),
             expires_at: exp,
@@ -222,6 +222,9 @@ pub fn jws_alg(alg: KeyAlgorithm) -> &'static str {
     match alg {
         KeyAlgorithm::EcdsaP256 => "ES256",
         KeyAlgorithm::EcdsaP384 => "ES384",
+        KeyAlgorithm::Ed25519 => "EdDSA",
+        KeyAlgorithm::Rsa3072 => "RS256",
+        KeyAlgorithm::Rsa4096 => "RS384",
     }
 }
 
@@ -229,7 +232,18 @@ fn curve(alg: KeyAlgorithm) -> &'static str {
     match alg {
         KeyAlgorithm::EcdsaP256 => "P-256",
         KeyAlgorithm::EcdsaP384 => "P-384",
+        _ => "",
     }
+}
+
+/// JWT-SVID keys are ECDSA only: the SPIFFE JWT-SVID spec and the Workload API clients that
+/// validate them know ES256/ES384, and EdDSA is not among the spec's algorithms.
+pub fn ecdsa_scalar_len(alg: KeyAlgorithm) -> Result<usize, JwtError> {
+    alg.ecdsa_scalar_len().ok_or_else(|| {
+        JwtError::Corrupt(format!(
+            "JWT signing keys must be ecdsa-p256 or ecdsa-p384, not {alg}"
+        ))
+    })
 }
 
 /// The public JWK members (`kty`, `crv`, `x`, `y`) of an EC key, from its uncompressed point.
@@ -237,7 +251,7 @@ fn public_jwk(
     signer: &dyn CaSigner,
 ) -> Result<serde_json::Map<String, serde_json::Value>, JwtError> {
     let alg = signer.algorithm();
-    let n = alg.scalar_len();
+    let n = ecdsa_scalar_len(alg)?;
     let point = signer.public_key_raw();
     if point.len() != 1 + 2 * n || point[0] != 0x04 {
         return Err(JwtError::Corrupt(
@@ -365,7 +379,7 @@ mod tests {
                 point.extend(URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap());
                 point.extend(URL_SAFE_NO_PAD.decode(key["y"].as_str().unwrap()).unwrap());
                 let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-                assert_eq!(sig.len(), 2 * alg.scalar_len());
+                assert_eq!(sig.len(), 2 * alg.ecdsa_scalar_len().unwrap());
                 let input = format!("{}.{}", parts[0], parts[1]);
                 UnparsedPublicKey::new(verify, &point)
                     .verify(input.as_bytes(), &sig)

@@ -413,9 +413,13 @@ fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
         &cfg.hsm.token_label,
         cryptoki::types::AuthPin::from(pin),
     )?;
+    let keys = keygrid_core::server::issuer_keys(&cfg, &token)?;
     let store = keygrid_core::store::Store::open(&cfg.database_path())?;
-    let (h, created) =
-        keygrid_core::ca::Hierarchy::init_or_load(&store, &token, &cfg.hierarchy_settings())?;
+    let (h, created) = keygrid_core::ca::Hierarchy::init_or_load(
+        &store,
+        keys.as_ref(),
+        &cfg.hierarchy_settings(),
+    )?;
     println!(
         "{} hierarchy for trust domain {}:",
         if created {

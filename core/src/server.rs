@@ -84,6 +84,27 @@ fn spawn_bundle_refresh(hierarchy: Arc<Hierarchy>, store: Arc<Store>, path: std:
     });
 }
 
+/// Opens the key backends the configuration names and routes each issuer to its own: the
+/// HSM token, plus the sealed software backend when a key-encryption key is configured (also
+/// when no issuer uses it any more, so keys made there earlier are still found).
+pub fn issuer_keys(
+    cfg: &CoreConfig,
+    token: &Arc<Pkcs11Token>,
+) -> anyhow::Result<Arc<crate::keys::IssuerKeyRouter>> {
+    let software: Option<Box<dyn crate::keys::KeyBackend>> = match cfg.software_kek()? {
+        Some(kek) => Some(Box::new(crate::keys::sealed::SealedFileBackend::open(
+            &cfg.sealed_keys_dir(),
+            kek,
+        )?)),
+        None => None,
+    };
+    Ok(Arc::new(crate::keys::IssuerKeyRouter::new(
+        Box::new(token.clone()),
+        software,
+        cfg.software_issuers(),
+    )?))
+}
+
 /// Runs core until `shutdown` resolves.
 pub async fn run(
     cfg: CoreConfig,
@@ -98,11 +119,14 @@ pub async fn run(
             format!("cannot open the store at {}", cfg.database_path().display())
         })?);
     let settings = cfg.hierarchy_settings();
+    let keys = issuer_keys(&cfg, &token)?;
     let (hierarchy, created) = {
         let store = store.clone();
-        let token = token.clone();
-        tokio::task::spawn_blocking(move || Hierarchy::init_or_load(&store, &token, &settings))
-            .await??
+        let keys = keys.clone();
+        tokio::task::spawn_blocking(move || {
+            Hierarchy::init_or_load(&store, keys.as_ref(), &settings)
+        })
+        .await??
     };
     if created {
         tracing::info!(trust_domain = %cfg.trust_domain, "created a new CA hierarchy");
@@ -228,7 +252,7 @@ pub async fn run(
             AdminApi::new(
                 store.clone(),
                 hierarchy.clone(),
-                Arc::new(token.clone()),
+                keys.clone(),
                 crate::api::admin::AdminSettings {
                     join_token_ttl: cfg.nodes.join_token_ttl,
                     max_svid_ttl: cfg.workloads.max_svid_ttl,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_lc_rs::signature::{
     UnparsedPublicKey, VerificationAlgorithm, ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1,
+    ED25519, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
 };
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -19,7 +20,8 @@ use cryptoki::types::AuthPin;
 
 use keygrid_core::ca::{Hierarchy, HierarchySettings};
 use keygrid_core::keys::pkcs11::{Pkcs11Key, Pkcs11Token};
-use keygrid_core::keys::{CaSigner, KeyAlgorithm, KeyError};
+use keygrid_core::keys::sealed::{Kek, SealedFileBackend};
+use keygrid_core::keys::{CaSigner, IssuerKeyRouter, KeyAlgorithm, KeyError, KeyFamily};
 use keygrid_core::store::Store;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -63,13 +65,20 @@ fn verify_alg(algorithm: KeyAlgorithm) -> &'static dyn VerificationAlgorithm {
     match algorithm {
         KeyAlgorithm::EcdsaP256 => &ECDSA_P256_SHA256_ASN1,
         KeyAlgorithm::EcdsaP384 => &ECDSA_P384_SHA384_ASN1,
+        KeyAlgorithm::Ed25519 => &ED25519,
+        KeyAlgorithm::Rsa3072 => &RSA_PKCS1_2048_8192_SHA256,
+        KeyAlgorithm::Rsa4096 => &RSA_PKCS1_2048_8192_SHA384,
     }
 }
 
 /// Signs `msg` with `key` and checks the DER signature with aws-lc-rs.
 fn sign_and_verify(key: &dyn CaSigner, msg: &[u8]) {
     let sig = key.sign(msg).expect("token signs");
-    assert_eq!(sig[0], 0x30, "signature is a DER SEQUENCE");
+    match key.algorithm().family() {
+        KeyFamily::Ecdsa => assert_eq!(sig[0], 0x30, "signature is a DER SEQUENCE"),
+        KeyFamily::Ed25519 => assert_eq!(sig.len(), 64),
+        KeyFamily::Rsa => assert_eq!(Some(sig.len() * 8), key.algorithm().rsa_bits()),
+    }
     let public = UnparsedPublicKey::new(verify_alg(key.algorithm()), key.public_key_raw());
     public
         .verify(msg, &sig)
@@ -127,7 +136,7 @@ fn softhsm_backend() {
     assert!(!format!("{token:?}").contains(USER_PIN));
 
     let p256 = token
-        .generate_ec_key("test-p256", KeyAlgorithm::EcdsaP256)
+        .generate_key("test-p256", KeyAlgorithm::EcdsaP256)
         .unwrap();
     assert_eq!(p256.algorithm(), KeyAlgorithm::EcdsaP256);
     assert_eq!(p256.public_key_raw().len(), 65);
@@ -136,7 +145,7 @@ fn softhsm_backend() {
     sign_and_verify(&p256, b"KeyGrid P-256 test message");
 
     let p384 = token
-        .generate_ec_key("test-p384", KeyAlgorithm::EcdsaP384)
+        .generate_key("test-p384", KeyAlgorithm::EcdsaP384)
         .unwrap();
     assert_eq!(p384.algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(p384.public_key_raw().len(), 97);
@@ -144,22 +153,48 @@ fn softhsm_backend() {
     sign_and_verify(&p384, b"KeyGrid P-384 test message");
     assert_ne!(p256.public_key_raw(), &p384.public_key_raw()[..65]);
 
+    let ed = token
+        .generate_key("test-ed25519", KeyAlgorithm::Ed25519)
+        .unwrap();
+    assert_eq!(ed.public_key_raw().len(), 32);
+    sign_and_verify(&ed, b"KeyGrid Ed25519 test message");
+    let rsa = token
+        .generate_key("test-rsa3072", KeyAlgorithm::Rsa3072)
+        .unwrap();
+    sign_and_verify(&rsa, b"KeyGrid RSA-3072 test message");
+    let rsa_found = token
+        .find_key("test-rsa3072", KeyAlgorithm::Rsa3072)
+        .unwrap();
+    assert_eq!(rsa_found.public_key_raw(), rsa.public_key_raw());
+    assert!(
+        token
+            .find_key("test-rsa3072", KeyAlgorithm::Rsa4096)
+            .is_err(),
+        "an RSA-3072 key must not load as RSA-4096"
+    );
+    assert!(
+        token
+            .find_key("test-ed25519", KeyAlgorithm::EcdsaP256)
+            .is_err(),
+        "an Ed25519 key must not load as P-256"
+    );
+
     let found = token
-        .find_ec_key("test-p256", KeyAlgorithm::EcdsaP256)
+        .find_key("test-p256", KeyAlgorithm::EcdsaP256)
         .unwrap();
     assert_eq!(found.public_key_raw(), p256.public_key_raw());
     sign_and_verify(&found, b"signed with the key found again");
     let found384 = token
-        .find_ec_key("test-p384", KeyAlgorithm::EcdsaP384)
+        .find_key("test-p384", KeyAlgorithm::EcdsaP384)
         .unwrap();
     assert_eq!(found384.public_key_raw(), p384.public_key_raw());
     // Asking for a key with the wrong algorithm is refused, not misused.
-    match token.find_ec_key("test-p384", KeyAlgorithm::EcdsaP256) {
+    match token.find_key("test-p384", KeyAlgorithm::EcdsaP256) {
         Ok(_) => panic!("a P-384 key must not load as P-256"),
         Err(e) => assert!(matches!(e, KeyError::Other(_)), "{e:?}"),
     }
 
-    match token.find_ec_key("no-such-key", KeyAlgorithm::EcdsaP256) {
+    match token.find_key("no-such-key", KeyAlgorithm::EcdsaP256) {
         Ok(_) => panic!("an unknown label must not be found"),
         Err(KeyError::NotFound { label, token: t }) => {
             assert_eq!(label, "no-such-key");
@@ -171,6 +206,8 @@ fn softhsm_backend() {
     // --- the private key cannot leave the token --------------------------------------
     check_private_key_attributes(&module, "test-p256");
     check_private_key_attributes(&module, "test-p384");
+    check_private_key_attributes(&module, "test-ed25519");
+    check_private_key_attributes(&module, "test-rsa3072");
 
     // --- concurrent signing through the session pool ---------------------------------
     concurrent_signing(Arc::new(p256));
@@ -317,14 +354,32 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
         root_algorithm: KeyAlgorithm::EcdsaP384,
         root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
+        // One issuer per other algorithm: RSA in the token, Ed25519 sealed on disk.
+        issuer_algorithms: [
+            ("nodes".to_string(), KeyAlgorithm::Rsa3072),
+            ("workloads".to_string(), KeyAlgorithm::Ed25519),
+        ]
+        .into(),
         issuer_ttl: Duration::from_secs(7 * 24 * 3600),
         control_plane_constraints: Default::default(),
         revocation_base_url: None,
     };
     let db = dir.join("keygrid.db");
+    let kek = "5e".repeat(32);
+    let router = |token: &Arc<Pkcs11Token>| {
+        IssuerKeyRouter::new(
+            Box::new(token.clone()),
+            Some(Box::new(
+                SealedFileBackend::open(&dir.join("sealed"), Kek::parse(&kek, "test").unwrap())
+                    .unwrap(),
+            )),
+            ["workloads".to_string()],
+        )
+        .unwrap()
+    };
     let (root_der, workloads_der, root_location) = {
         let store = Store::open(&db).unwrap();
-        let (h, created) = Hierarchy::init_or_load(&store, &token, &settings).unwrap();
+        let (h, created) = Hierarchy::init_or_load(&store, &router(&token), &settings).unwrap();
         assert!(created);
         let location = h.root().key_location();
         assert!(
@@ -332,8 +387,21 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
             "root key lives in the token: {location}"
         );
         for a in h.authorities() {
-            assert!(a.key_location().starts_with("pkcs11:"), "{}", a.name());
+            let expected = if a.name() == "workloads" {
+                "software"
+            } else {
+                "pkcs11:"
+            };
+            assert!(a.key_location().starts_with(expected), "{}", a.name());
         }
+        assert_eq!(h.workloads().algorithm(), KeyAlgorithm::Ed25519);
+        let nodes = h
+            .authorities()
+            .into_iter()
+            .find(|a| a.name() == "nodes")
+            .unwrap();
+        assert_eq!(nodes.algorithm(), KeyAlgorithm::Rsa3072);
+        openssl_verifies_leaf_of(h.root().cert_der(), nodes.as_ref());
         (
             h.root().cert_der().to_vec(),
             h.workloads().cert_der().to_vec(),
@@ -357,8 +425,13 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
     );
     // Restart of the store: a fresh store on the same file finds the same CAs.
     let store = Store::open(&db).unwrap();
-    let (h, created) = Hierarchy::init_or_load(&store, &token, &settings).unwrap();
+    let (h, created) = Hierarchy::init_or_load(&store, &router(&token), &settings).unwrap();
     assert!(!created, "the stored hierarchy is loaded, not recreated");
+    // Without the software backend the sealed workloads key cannot be found: a clear error.
+    let e = Hierarchy::init_or_load(&store, &token, &settings)
+        .err()
+        .expect("software keys need the software backend");
+    assert!(e.to_string().contains("not configured"), "{e}");
     assert_eq!(h.root().cert_der(), &root_der[..]);
     assert_eq!(h.workloads().cert_der(), &workloads_der[..]);
     assert_eq!(h.root().key_location(), root_location);
@@ -375,6 +448,7 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
             time::OffsetDateTime::now_utc(),
         )
         .unwrap();
+    openssl_verifies_leaf_of(&root_der, h.workloads().as_ref());
     let (_, leaf) = x509_parser::parse_x509_certificate(&issued.der).unwrap();
     let (_, workloads) = x509_parser::parse_x509_certificate(&workloads_der).unwrap();
     let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
@@ -385,4 +459,49 @@ fn hierarchy_in_token(module: &Path, token: Arc<Pkcs11Token>, dir: &Path) {
         .expect("workloads CA signed by the HSM root key");
     root.verify_signature(None)
         .expect("root self-signed by the HSM root key");
+}
+
+/// Issues a leaf under `issuer` and has `openssl verify -x509_strict` check the chain to the
+/// root: the independent proof that RSA and Ed25519 CA signatures are well-formed.
+fn openssl_verifies_leaf_of(root_der: &[u8], issuer: &keygrid_core::ca::Authority) {
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let issued = issuer
+        .sign(
+            keygrid_core::ca::profiles::x509_svid("spiffe://hsm.example.org/w", &[]).unwrap(),
+            &leaf_key,
+            Duration::from_secs(300),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = |name: &str, der: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())),
+        )
+        .unwrap();
+        path
+    };
+    let root = pem("root.pem", root_der);
+    let inter = pem("issuer.pem", issuer.cert_der());
+    let leaf = pem("leaf.pem", &issued.der);
+    let out = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-x509_strict")
+        .arg("-CAfile")
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg(&leaf)
+        .output()
+        .expect("openssl is installed (scripts/install-deps.sh)");
+    assert!(
+        out.status.success(),
+        "{} ({}) chain: {}{}",
+        issuer.name(),
+        issuer.algorithm(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

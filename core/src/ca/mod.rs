@@ -267,6 +267,8 @@ pub struct HierarchySettings {
     pub root_ttl: Duration,
     /// Issuing CA key algorithm.
     pub issuer_algorithm: KeyAlgorithm,
+    /// Per-issuer key algorithms that differ from `issuer_algorithm`.
+    pub issuer_algorithms: BTreeMap<String, KeyAlgorithm>,
     /// Issuing CA lifetime.
     pub issuer_ttl: Duration,
     /// DNS and IP name constraints of the control-plane CA (empty: none).
@@ -288,10 +290,19 @@ impl HierarchySettings {
             root_algorithm,
             root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
             issuer_algorithm,
+            issuer_algorithms: BTreeMap::new(),
             issuer_ttl: Duration::from_secs(365 * 24 * 3600),
             control_plane_constraints: profiles::IssuerConstraints::default(),
             revocation_base_url: None,
         }
+    }
+
+    /// The key algorithm new generations of `issuer` get.
+    pub fn algorithm_for(&self, issuer: &str) -> KeyAlgorithm {
+        self.issuer_algorithms
+            .get(issuer)
+            .copied()
+            .unwrap_or(self.issuer_algorithm)
     }
 
     fn constraints(&self, issuer: &str) -> profiles::IssuerConstraints {
@@ -366,7 +377,9 @@ impl Hierarchy {
                     rec.name, rec.algorithm
                 ))
             })?;
-            let signer = keys.backend(&rec.name).find(&rec.key_label, alg)?;
+            let signer = keys
+                .backend_of_kind(&rec.backend)?
+                .find(&rec.key_label, alg)?;
             hierarchy.add(rec, Arc::new(Authority::new(rec, signer)?))?;
         }
         let now = OffsetDateTime::now_utc();
@@ -459,7 +472,8 @@ impl Hierarchy {
             let generation = self.next_generation(name);
             let label = format!("keygrid-{name}-{generation}-{suffix}");
             let backend = keys.backend(name);
-            let key = backend.generate(&label, s.issuer_algorithm)?;
+            let algorithm = s.algorithm_for(name);
+            let key = backend.generate(&label, algorithm)?;
             let mut params =
                 profiles::issuing_ca(&td_id, name, path_len(name), &s.constraints(name))?;
             if let Some(base) = &s.revocation_base_url {
@@ -473,7 +487,7 @@ impl Hierarchy {
                 parent_generation: Some(root.generation),
                 cert_der: issued.der,
                 key_label: label,
-                algorithm: s.issuer_algorithm.name().into(),
+                algorithm: algorithm.name().into(),
                 backend: backend.kind().into(),
                 activate_at,
             };

@@ -20,6 +20,7 @@ fn settings(trust_domain: &str) -> HierarchySettings {
         root_algorithm: KeyAlgorithm::EcdsaP384,
         root_ttl: Duration::from_secs(10 * 365 * 24 * 3600),
         issuer_algorithm: KeyAlgorithm::EcdsaP256,
+        issuer_algorithms: Default::default(),
         issuer_ttl: Duration::from_secs(30 * 24 * 3600),
         control_plane_constraints: Default::default(),
         revocation_base_url: None,

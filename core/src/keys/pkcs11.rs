@@ -1,8 +1,9 @@
 //! PKCS#11 key backend: CA keys generated and used inside an HSM (SoftHSM2 in dev and tests).
 //!
 //! Keys are created in the token with `CKA_SENSITIVE` true and `CKA_EXTRACTABLE` false, so the
-//! private key cannot leave it; KeyGrid only ever holds object handles. Signing uses the
-//! token's raw `CKM_ECDSA` on a digest computed here, which every PKCS#11 token supports.
+//! private key cannot leave it; KeyGrid only ever holds object handles. ECDSA signs with the
+//! token's raw `CKM_ECDSA` on a digest computed here, which every PKCS#11 token supports;
+//! Ed25519 uses `CKM_EDDSA` (PKCS#11 3.0) and RSA `CKM_SHA256_RSA_PKCS`/`CKM_SHA384_RSA_PKCS`.
 //!
 //! Sessions are pooled: a PKCS#11 session is single-threaded, so concurrent signs each take
 //! their own session instead of queueing on one.
@@ -18,7 +19,9 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-use super::{ecdsa_der, CaSigner, KeyAlgorithm, KeyError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+
+use super::{ecdsa_der, rsa_public, CaSigner, KeyAlgorithm, KeyError, KeyFamily};
 
 fn ck(operation: &'static str) -> impl FnOnce(CkError) -> KeyError {
     move |source| KeyError::Pkcs11 { operation, source }
@@ -200,21 +203,38 @@ impl Pkcs11Token {
         result
     }
 
-    /// Generates an EC key pair inside the token: private half sensitive and non-extractable.
-    pub fn generate_ec_key(
+    /// Generates a key pair inside the token: private half sensitive and non-extractable.
+    pub fn generate_key(
         self: &Arc<Self>,
         label: &str,
         algorithm: KeyAlgorithm,
     ) -> Result<Pkcs11Key, KeyError> {
         let id = label.as_bytes().to_vec();
-        let public_template = [
+        let mut public_template = vec![
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
-            Attribute::EcParams(algorithm.ec_params_der().to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id.clone()),
         ];
+        let mechanism = match (algorithm.family(), algorithm.ec_params_der()) {
+            (KeyFamily::Ecdsa, Some(params)) => {
+                public_template.push(Attribute::EcParams(params.to_vec()));
+                Mechanism::EccKeyPairGen
+            }
+            (KeyFamily::Ed25519, Some(params)) => {
+                public_template.push(Attribute::EcParams(params.to_vec()));
+                Mechanism::EccEdwardsKeyPairGen
+            }
+            _ => {
+                let bits = algorithm.rsa_bits().ok_or_else(|| {
+                    KeyError::Other(format!("no PKCS#11 key generation for {algorithm}"))
+                })?;
+                public_template.push(Attribute::ModulusBits((bits as u64).into()));
+                public_template.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                Mechanism::RsaPkcsKeyPairGen
+            }
+        };
         let private_template = [
             Attribute::Token(true),
             Attribute::Private(true),
@@ -225,18 +245,14 @@ impl Pkcs11Token {
             Attribute::Id(id),
         ];
         let (public, private) = self.with_session(|s| {
-            s.generate_key_pair(
-                &Mechanism::EccKeyPairGen,
-                &public_template,
-                &private_template,
-            )
-            .map_err(ck("C_GenerateKeyPair"))
+            s.generate_key_pair(&mechanism, &public_template, &private_template)
+                .map_err(ck("C_GenerateKeyPair"))
         })?;
         self.key_from_handles(label, algorithm, public, private)
     }
 
     /// Finds a key pair KeyGrid generated earlier, by label.
-    pub fn find_ec_key(
+    pub fn find_key(
         self: &Arc<Self>,
         label: &str,
         algorithm: KeyAlgorithm,
@@ -270,6 +286,26 @@ impl Pkcs11Token {
         public: ObjectHandle,
         private: ObjectHandle,
     ) -> Result<Pkcs11Key, KeyError> {
+        let public_raw = match algorithm.family() {
+            KeyFamily::Ecdsa | KeyFamily::Ed25519 => self.ec_point(label, algorithm, public)?,
+            KeyFamily::Rsa => self.rsa_public_key(label, algorithm, public)?,
+        };
+        Ok(Pkcs11Key {
+            token: Arc::clone(self),
+            private,
+            label: label.to_string(),
+            algorithm,
+            public_raw,
+        })
+    }
+
+    /// The public point of an EC or Edwards key, checked against the expected algorithm.
+    fn ec_point(
+        &self,
+        label: &str,
+        algorithm: KeyAlgorithm,
+        public: ObjectHandle,
+    ) -> Result<Vec<u8>, KeyError> {
         let attrs = self.with_session(|s| {
             s.get_attributes(public, &[AttributeType::EcPoint])
                 .map_err(ck("C_GetAttributeValue(CKA_EC_POINT)"))
@@ -281,21 +317,55 @@ impl Pkcs11Token {
                 _ => None,
             })
             .ok_or_else(|| KeyError::Other(format!("key {label:?} has no CKA_EC_POINT")))?;
-        let public_raw = unwrap_octet_string(&point).ok_or_else(|| {
+        let raw = unwrap_octet_string(&point).ok_or_else(|| {
             KeyError::Other(format!("key {label:?} has a malformed CKA_EC_POINT"))
         })?;
-        if public_raw.len() != 1 + 2 * algorithm.scalar_len() {
+        let expected = match algorithm.ecdsa_scalar_len() {
+            Some(n) => 1 + 2 * n,
+            None => 32,
+        };
+        if raw.len() != expected {
             return Err(KeyError::Other(format!(
                 "key {label:?} is not a {algorithm} key"
             )));
         }
-        Ok(Pkcs11Key {
-            token: Arc::clone(self),
-            private,
-            label: label.to_string(),
-            algorithm,
-            public_raw,
-        })
+        Ok(raw)
+    }
+
+    /// The DER `RSAPublicKey` of an RSA key, checked against the expected modulus size.
+    fn rsa_public_key(
+        &self,
+        label: &str,
+        algorithm: KeyAlgorithm,
+        public: ObjectHandle,
+    ) -> Result<Vec<u8>, KeyError> {
+        let attrs = self.with_session(|s| {
+            s.get_attributes(
+                public,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )
+            .map_err(ck("C_GetAttributeValue(CKA_MODULUS)"))
+        })?;
+        let (mut modulus, mut exponent) = (None, None);
+        for a in attrs {
+            match a {
+                Attribute::Modulus(m) => modulus = Some(m),
+                Attribute::PublicExponent(e) => exponent = Some(e),
+                _ => {}
+            }
+        }
+        let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+            return Err(KeyError::Other(format!(
+                "key {label:?} has no RSA modulus or exponent"
+            )));
+        };
+        let significant = modulus.iter().skip_while(|b| **b == 0).count();
+        if Some(significant * 8) != algorithm.rsa_bits() {
+            return Err(KeyError::Other(format!(
+                "key {label:?} is not a {algorithm} key"
+            )));
+        }
+        rsa_public::encode(&modulus, &exponent)
     }
 }
 
@@ -343,12 +413,34 @@ impl CaSigner for Pkcs11Key {
     }
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let digest = self.algorithm.digest(msg);
-        let fixed = self.token.with_session(|s| {
-            s.sign(&Mechanism::Ecdsa, self.private, &digest)
-                .map_err(ck("C_Sign"))
-        })?;
-        ecdsa_der::fixed_to_der(&fixed, self.algorithm.scalar_len())
+        match self.algorithm.family() {
+            KeyFamily::Ecdsa => {
+                let scalar_len = self.algorithm.ecdsa_scalar_len().unwrap_or_default();
+                let digest = self.algorithm.digest(msg).unwrap_or_default();
+                let fixed = self.token.with_session(|s| {
+                    s.sign(&Mechanism::Ecdsa, self.private, &digest)
+                        .map_err(ck("C_Sign"))
+                })?;
+                ecdsa_der::fixed_to_der(&fixed, scalar_len)
+            }
+            KeyFamily::Ed25519 => {
+                let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+                self.token.with_session(|s| {
+                    s.sign(&mechanism, self.private, msg)
+                        .map_err(ck("C_Sign(CKM_EDDSA)"))
+                })
+            }
+            KeyFamily::Rsa => {
+                let mechanism = match self.algorithm {
+                    KeyAlgorithm::Rsa4096 => Mechanism::Sha384RsaPkcs,
+                    _ => Mechanism::Sha256RsaPkcs,
+                };
+                self.token.with_session(|s| {
+                    s.sign(&mechanism, self.private, msg)
+                        .map_err(ck("C_Sign(RSA PKCS#1)"))
+                })
+            }
+        }
     }
 
     fn location(&self) -> String {

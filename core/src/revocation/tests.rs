@@ -28,6 +28,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(KeyAlgorithm::EcdsaP256)
+}
+
+fn fixture_with(responder_algorithm: KeyAlgorithm) -> Fixture {
     let store = Arc::new(Store::in_memory().unwrap());
     let keys = MemoryBackend::default();
     let settings = HierarchySettings::new(
@@ -45,7 +49,7 @@ fn fixture() -> Fixture {
             OcspSettings {
                 response_validity: Duration::from_secs(3600),
                 responder_cert_ttl: Duration::from_secs(3600),
-                responder_algorithm: KeyAlgorithm::EcdsaP256,
+                responder_algorithm,
             },
         )
         .unwrap(),
@@ -143,13 +147,40 @@ fn decode(der: &[u8]) -> BasicOcspResponse {
         .subject_public_key
         .raw_bytes();
     let tbs = basic.tbs_response_data.to_der().unwrap();
-    aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
-        key,
-    )
-    .verify(&tbs, basic.signature.raw_bytes())
-    .expect("response signature verifies");
+    use aws_lc_rs::signature as sig;
+    let verifier: &dyn sig::VerificationAlgorithm =
+        match basic.signature_algorithm.oid.to_string().as_str() {
+            "1.2.840.10045.4.3.2" => &sig::ECDSA_P256_SHA256_ASN1,
+            "1.2.840.10045.4.3.3" => &sig::ECDSA_P384_SHA384_ASN1,
+            "1.3.101.112" => &sig::ED25519,
+            "1.2.840.113549.1.1.11" => &sig::RSA_PKCS1_2048_8192_SHA256,
+            "1.2.840.113549.1.1.12" => &sig::RSA_PKCS1_2048_8192_SHA384,
+            other => panic!("unexpected signature algorithm {other}"),
+        };
+    sig::UnparsedPublicKey::new(verifier, key)
+        .verify(&tbs, basic.signature.raw_bytes())
+        .expect("response signature verifies");
     basic
+}
+
+#[test]
+fn responders_of_every_algorithm_sign_answers_that_verify() {
+    for alg in KeyAlgorithm::ALL {
+        let f = fixture_with(alg);
+        let serial = [0x33u8; 16];
+        record(&f.store, &hex::encode(serial));
+        let answer = f
+            .responder
+            .answer(&request(vec![cert_id(&f.ca, &serial)], None));
+        let basic = decode(&answer.der);
+        // RSA identifiers carry an explicit NULL; ECDSA and Ed25519 ones none.
+        assert_eq!(
+            basic.signature_algorithm.parameters.is_some(),
+            alg.rsa_bits().is_some(),
+            "{alg}"
+        );
+        assert!(matches!(status(&basic), x509_ocsp::CertStatus::Good(_)));
+    }
 }
 
 fn status(basic: &BasicOcspResponse) -> x509_ocsp::CertStatus {
