@@ -105,6 +105,12 @@ pub struct HttpConfig {
     /// and on every revocation.
     #[serde(with = "humantime_serde")]
     pub crl_validity: Duration,
+    /// Validity of delta CRLs. Set it to publish them: each revocation then goes into a new
+    /// delta CRL (served at `/crl/<issuer>-delta.crl`, named by complete CRLs' Freshest CRL
+    /// extension) and complete CRLs follow `crl_validity` alone. Unset (default): no deltas,
+    /// a complete CRL on every revocation.
+    #[serde(default, with = "humantime_serde")]
+    pub delta_crl_validity: Option<Duration>,
     /// How often the responder looks for new revocations (made by another process),
     /// rotates certificates and refreshes cached answers.
     #[serde(with = "humantime_serde")]
@@ -120,6 +126,7 @@ impl Default for HttpConfig {
             ocsp_responder_cert_ttl: Duration::from_secs(24 * 3600),
             ocsp_responder_algorithm: KeyAlgorithm::EcdsaP256,
             crl_validity: Duration::from_secs(24 * 3600),
+            delta_crl_validity: None,
             maintenance_interval: Duration::from_secs(1),
         }
     }
@@ -383,6 +390,13 @@ impl CoreConfig {
             return Err(invalid(
                 "http.ocsp_response_validity and http.crl_validity must be at least 2s".into(),
             ));
+        }
+        if let Some(d) = h.delta_crl_validity {
+            if d < Duration::from_secs(2) || d > h.crl_validity {
+                return Err(invalid(
+                    "http.delta_crl_validity must be at least 2s and no longer than http.crl_validity".into(),
+                ));
+            }
         }
         if h.maintenance_interval < Duration::from_millis(100) {
             return Err(invalid(

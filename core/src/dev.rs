@@ -41,6 +41,9 @@ pub struct DevArgs {
     /// Address of the HTTP listener for OCSP and CRLs (off when not given).
     #[arg(long)]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Publish delta CRLs with this validity (`http.delta_crl_validity`; needs --http-listen).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "http_listen")]
+    pub delta_crl_validity: Option<Duration>,
     /// The agent binary; defaults to `keygrid-agent` beside this binary.
     #[arg(long, env = "KEYGRID_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
@@ -130,6 +133,12 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
     let mut toml = toml;
     if let Some(addr) = args.http_listen {
         toml.push_str(&format!("\n[http]\nlisten = \"{addr}\"\n"));
+        if let Some(d) = args.delta_crl_validity {
+            toml.push_str(&format!(
+                "delta_crl_validity = \"{}\"\n",
+                humantime::format_duration(d)
+            ));
+        }
     }
     write_atomic(&core_config, toml.as_bytes(), 0o600)?;
     Ok(DevPlan {

@@ -21,14 +21,16 @@ struct Env {
 
 impl Env {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         require_tool("openssl", OPENSSL_HINT);
         require_tool("curl", CURL_HINT);
         let http = format!("127.0.0.1:{}", free_port());
-        let dev = DevEnv::start_with_args(
-            tempfile::tempdir().unwrap(),
-            "5m",
-            &["--http-listen".into(), http.clone()],
-        );
+        let mut args = vec!["--http-listen".to_string(), http.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let dev = DevEnv::start_with_args(tempfile::tempdir().unwrap(), "5m", &args);
         let url = format!("http://{http}");
         let dir = dev.dir.path().join("client");
         std::fs::create_dir_all(&dir).unwrap();
@@ -697,4 +699,78 @@ fn standalone_responder_rotates_its_certificate_and_sees_core_revocations() {
         out.contains("verify OK") && out.contains("Superseded"),
         "{out}"
     );
+}
+
+#[test]
+fn openssl_applies_delta_crls_that_carry_a_revocation_before_the_next_complete_crl() {
+    let env = Env::start_with(&["--delta-crl-validity", "10m"]);
+    let (leaf, chain) = (env.path("leaf.pem"), env.path("chain.pem"));
+    let fetch = |path: &str, name: &str| {
+        env.get(&format!("{path}?format=pem"), &env.file(name));
+        env.path(name)
+    };
+    let crl_text = |file: &str| {
+        let out = env.openssl(&["crl", "-in", file, "-CAfile", &chain, "-noout", "-text"]);
+        assert!(out.contains("verify OK"), "{out}");
+        out
+    };
+    let verify = |crls: &[&str], deltas: bool| {
+        let bundle = env.file("crls.pem");
+        let all: String = crls
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        std::fs::write(&bundle, all).unwrap();
+        let bundle = bundle.display().to_string();
+        let mut args = vec!["verify", "-crl_check"];
+        if deltas {
+            args.push("-use_deltas");
+        }
+        args.extend(["-CRLfile", &bundle, "-CAfile", &chain, &leaf]);
+        env.openssl(&args)
+    };
+
+    // At start: a complete CRL pointing at its delta, and an empty delta naming it as base.
+    let base = fetch("/crl/nodes.crl", "base.pem");
+    let base_text = crl_text(&base);
+    assert!(base_text.contains("Freshest CRL"), "{base_text}");
+    assert!(
+        base_text.contains(&format!("{}/crl/nodes-delta.crl", env.url)),
+        "{base_text}"
+    );
+    assert!(!base_text.contains("Delta CRL Indicator"), "{base_text}");
+    let delta = fetch("/crl/nodes-delta.crl", "delta.pem");
+    let delta_text = crl_text(&delta);
+    assert!(
+        delta_text.contains("Delta CRL Indicator: critical"),
+        "{delta_text}"
+    );
+    let out = verify(&[&base, &delta], true);
+    assert!(out.contains("leaf.pem: OK"), "{out}");
+
+    let o = env.cli(&["cert", "revoke", &leaf, "--reason", "keyCompromise"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The revocation went into a new delta; the complete CRL is the same one as before.
+    let base_after = fetch("/crl/nodes.crl", "base-after.pem");
+    assert_eq!(
+        std::fs::read(&base_after).unwrap(),
+        std::fs::read(&base).unwrap(),
+        "complete CRLs follow their own schedule when deltas are on"
+    );
+    let delta = fetch("/crl/nodes-delta.crl", "delta-after.pem");
+    let delta_text = crl_text(&delta);
+    assert!(delta_text.contains("Key Compromise"), "{delta_text}");
+    // The complete CRL alone does not know yet; with the delta openssl refuses the leaf.
+    let out = verify(&[&base], false);
+    assert!(out.contains("leaf.pem: OK"), "{out}");
+    let out = verify(&[&base, &delta], true);
+    assert!(out.contains("certificate revoked"), "{out}");
+
+    // An issuer without deltas published, or a bad name: clear 404s.
+    let o = env.curl(
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+        "/crl/nosuch-delta.crl",
+    );
+    assert_eq!(text(&o).trim(), "404");
 }

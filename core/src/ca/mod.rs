@@ -195,14 +195,6 @@ impl Authority {
         self.signer.algorithm()
     }
 
-    /// Signs a CRL with this CA's key (revocation publishes one per issuer).
-    pub fn sign_crl(
-        &self,
-        params: &rcgen::CertificateRevocationListParams,
-    ) -> Result<Vec<u8>, CaError> {
-        Ok(params.signed_by(&self.issuer)?.der().to_vec())
-    }
-
     /// The CA's signing key (for CRLs and other structures signed outside rcgen's
     /// certificate builder).
     pub fn signer(&self) -> Arc<dyn CaSigner> {

@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `POST /ocsp` (and `POST /`) | OCSP, body `application/ocsp-request` (RFC 6960 App. A.1) |
 //! | `GET /ocsp/{base64 request}` | OCSP for caches (RFC 5019 §5), with caching headers |
-//! | `GET /crl/{issuer}.crl` | newest CRL, DER; PEM with `?format=pem` or `Accept: application/x-pem-file` |
+//! | `GET /crl/{issuer}.crl` | newest complete CRL, DER; PEM with `?format=pem` or `Accept: application/x-pem-file` |
+//! | `GET /crl/{issuer}-delta.crl` | newest delta CRL (when `http.delta_crl_validity` is set), same formats |
 //! | `GET /ca/{issuer}.crt` | the issuer's certificate (AIA caIssuers), DER |
 //! | `GET /healthz` | liveness |
 //!
@@ -215,16 +216,26 @@ async fn crl_get(
     Query(q): Query<FormatQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(issuer) = file.strip_suffix(".crl") else {
+    let Some(stem) = file.strip_suffix(".crl") else {
         return (StatusCode::NOT_FOUND, "no such CRL\n").into_response();
+    };
+    // Issuer names may contain '-', but none ends in "-delta".
+    let (issuer, delta) = match stem.strip_suffix("-delta") {
+        Some(i) => (i, true),
+        None => (stem, false),
     };
     if !st.ca.authorities().iter().any(|a| a.name() == issuer) {
         return (StatusCode::NOT_FOUND, "no such issuer\n").into_response();
     }
     let store = st.store.clone();
     let name = issuer.to_string();
-    let crl = match tokio::task::spawn_blocking(move || store.latest_crl(&name, false)).await {
+    let crl = match tokio::task::spawn_blocking(move || store.latest_crl(&name, delta)).await {
         Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) if delta => return (
+            StatusCode::NOT_FOUND,
+            "no delta CRL published (delta CRLs are off unless http.delta_crl_validity is set)\n",
+        )
+            .into_response(),
         Ok(Ok(None)) => {
             return (StatusCode::SERVICE_UNAVAILABLE, "no CRL published yet\n").into_response()
         }

@@ -1,20 +1,25 @@
-//! CRLs: a v2 CRL per issuer (RFC 5280 §5), signed by the issuer's own key.
+//! CRLs: v2 CRLs per issuer (RFC 5280 §5), signed by the issuer's own key.
 //!
 //! Each CRL carries the Authority Key Identifier of its issuer, a CRL Number that only
 //! grows (allocated from the store, so it survives restarts), nextUpdate, and for each
-//! entry the revocation time and reason (omitted for `unspecified`, as §5.3.1 asks). A new
-//! CRL is published on every revocation and on a schedule before nextUpdate; the store
-//! keeps the newest few, and every HTTP front end serves the newest from there.
+//! entry the revocation time and reason (omitted for `unspecified`, as §5.3.1 asks).
+//!
+//! Two modes. Without delta CRLs (the default) a new complete CRL is published on every
+//! revocation and on a schedule before nextUpdate. With `http.delta_crl_validity` set,
+//! complete CRLs follow their (typically long) schedule only and carry a Freshest CRL
+//! pointer; each revocation instead publishes a small delta CRL (Delta CRL Indicator naming
+//! the complete CRL it updates, §5.2.4) listing what was revoked since, and deltas are
+//! re-published on their own short schedule. Relying parties then fetch the large complete
+//! CRL rarely and the delta often. The store keeps the newest few of each kind, and every
+//! HTTP front end serves the newest from there.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
-};
 use time::OffsetDateTime;
 
-use super::{Reason, RevocationListener};
+use super::crl_der::{self, CrlContents, CrlEntry};
+use super::RevocationListener;
 use crate::ca::{Authority, CaError, Hierarchy};
 use crate::store::{CrlRecord, RevocationRecord, Store};
 
@@ -24,8 +29,18 @@ const KEEP_CRLS: i64 = 4;
 /// CRL settings.
 #[derive(Clone, Debug)]
 pub struct CrlSettings {
-    /// thisUpdate to nextUpdate.
+    /// thisUpdate to nextUpdate of a complete CRL.
     pub validity: Duration,
+    /// thisUpdate to nextUpdate of a delta CRL; `None` publishes no delta CRLs.
+    pub delta_validity: Option<Duration>,
+    /// Public base URL of the HTTP listener, for the Freshest CRL pointer of complete CRLs
+    /// (`<base>/crl/<issuer>-delta.crl`); `None` leaves the pointer out.
+    pub public_base: Option<String>,
+}
+
+/// The URL path under which the delta CRL of `issuer` is served.
+pub fn delta_crl_path(issuer: &str) -> String {
+    format!("/crl/{issuer}-delta.crl")
 }
 
 /// Builds and publishes CRLs.
@@ -34,30 +49,6 @@ pub struct CrlPublisher {
     ca: Arc<Hierarchy>,
     settings: CrlSettings,
     known_authorities: std::sync::atomic::AtomicUsize,
-}
-
-fn rcgen_reason(r: Reason) -> Option<RevocationReason> {
-    Some(match r {
-        Reason::Unspecified => return None,
-        Reason::KeyCompromise => RevocationReason::KeyCompromise,
-        Reason::CaCompromise => RevocationReason::CaCompromise,
-        Reason::AffiliationChanged => RevocationReason::AffiliationChanged,
-        Reason::Superseded => RevocationReason::Superseded,
-        Reason::CessationOfOperation => RevocationReason::CessationOfOperation,
-        Reason::PrivilegeWithdrawn => RevocationReason::PrivilegeWithdrawn,
-        Reason::AaCompromise => RevocationReason::AaCompromise,
-    })
-}
-
-/// The Subject Key Identifier of a CA certificate, so the CRL's AKI matches it exactly.
-fn subject_key_id(cert_der: &[u8]) -> Option<Vec<u8>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
 }
 
 impl CrlPublisher {
@@ -86,53 +77,99 @@ impl CrlPublisher {
             .collect()
     }
 
-    /// Signs and publishes a new complete CRL for `issuer`. Blocking (store, HSM).
-    pub fn publish(&self, issuer: &Authority) -> Result<CrlRecord, CaError> {
-        let revoked = self.store.revocations(Some(issuer.name()), 0)?;
-        let number = self.store.next_crl_number(issuer.name())?;
-        let now = OffsetDateTime::now_utc();
-        let mut revoked_certs = Vec::with_capacity(revoked.len());
-        for r in &revoked {
-            let serial = hex::decode(&r.serial).map_err(|_| {
-                CaError::Corrupt(format!("stored serial {:?} is not hex", r.serial))
-            })?;
-            revoked_certs.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&serial),
-                revocation_time: OffsetDateTime::from_unix_timestamp(r.revoked_at)
-                    .map_err(|e| CaError::Corrupt(format!("revocation time: {e}")))?,
-                reason_code: Reason::from_code(r.reason).and_then(rcgen_reason),
-                invalidity_date: None,
-            });
-        }
-        let key_identifier_method = match subject_key_id(issuer.cert_der()) {
-            Some(ski) => KeyIdMethod::PreSpecified(ski),
-            None => KeyIdMethod::Sha256,
+    fn entries(&self, revoked: &[RevocationRecord]) -> Result<Vec<CrlEntry>, CaError> {
+        revoked
+            .iter()
+            .map(|r| {
+                Ok(CrlEntry {
+                    serial: hex::decode(&r.serial).map_err(|_| {
+                        CaError::Corrupt(format!("stored serial {:?} is not hex", r.serial))
+                    })?,
+                    revoked_at: r.revoked_at,
+                    reason: u32::try_from(r.reason).ok().filter(|c| *c != 0),
+                })
+            })
+            .collect()
+    }
+
+    fn sign_and_store(
+        &self,
+        issuer: &Authority,
+        number: i64,
+        base_number: Option<i64>,
+        validity: Duration,
+        entries: Vec<CrlEntry>,
+    ) -> Result<CrlRecord, CaError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let next_update = now + validity.as_secs() as i64;
+        let freshest = match (&self.settings.public_base, self.settings.delta_validity) {
+            (Some(base), Some(_)) => Some(format!(
+                "{}{}",
+                base.trim_end_matches('/'),
+                delta_crl_path(issuer.name())
+            )),
+            _ => None,
         };
-        let params = CertificateRevocationListParams {
-            this_update: now,
-            next_update: now + self.settings.validity,
-            crl_number: SerialNumber::from_slice(&(number as u64).to_be_bytes()),
-            issuing_distribution_point: None,
-            revoked_certs,
-            key_identifier_method,
-        };
-        let der = issuer.sign_crl(&params)?;
+        let count = entries.len();
+        let der = crl_der::sign_crl(
+            &CrlContents {
+                issuer_cert_der: issuer.cert_der(),
+                this_update: now,
+                next_update,
+                number: u64::try_from(number)
+                    .map_err(|_| CaError::Corrupt("negative CRL number".into()))?,
+                base_number: base_number.and_then(|b| u64::try_from(b).ok()),
+                freshest_url: freshest.as_deref(),
+                entries,
+            },
+            issuer.signer().as_ref(),
+        )?;
         let rec = CrlRecord {
             issuer: issuer.name().to_string(),
             number,
-            base_number: None,
-            this_update: now.unix_timestamp(),
-            next_update: (now + self.settings.validity).unix_timestamp(),
+            base_number,
+            this_update: now,
+            next_update,
             der,
         };
         self.store.publish_crl(&rec, KEEP_CRLS)?;
         tracing::info!(
             issuer = issuer.name(),
             number,
-            entries = revoked.len(),
+            base = ?base_number,
+            entries = count,
             "CRL published"
         );
         Ok(rec)
+    }
+
+    /// Signs and publishes a new complete CRL for `issuer`. Blocking (store, HSM).
+    pub fn publish(&self, issuer: &Authority) -> Result<CrlRecord, CaError> {
+        let revoked = self.store.revocations(Some(issuer.name()), 0)?;
+        let entries = self.entries(&revoked)?;
+        let number = self.store.next_crl_number(issuer.name())?;
+        self.sign_and_store(issuer, number, None, self.settings.validity, entries)
+    }
+
+    /// Signs and publishes a delta CRL for `issuer`: what was revoked since its newest
+    /// complete CRL. Publishes a complete CRL instead when there is none yet (a delta needs
+    /// a base). Blocking.
+    pub fn publish_delta(&self, issuer: &Authority) -> Result<CrlRecord, CaError> {
+        let Some(validity) = self.settings.delta_validity else {
+            return self.publish(issuer);
+        };
+        let Some(base) = self.store.latest_crl(issuer.name(), false)? else {
+            return self.publish(issuer);
+        };
+        let listed = crl_der::listed_serials(&base.der)?;
+        let revoked = self.store.revocations(Some(issuer.name()), 0)?;
+        let entries: Vec<CrlEntry> = self
+            .entries(&revoked)?
+            .into_iter()
+            .filter(|e| !listed.contains(&e.serial))
+            .collect();
+        let number = self.store.next_crl_number(issuer.name())?;
+        self.sign_and_store(issuer, number, Some(base.number), validity, entries)
     }
 
     /// Publishes a CRL for each issuer whose newest one is missing or past half of its
@@ -162,7 +199,39 @@ impl CrlPublisher {
             if due {
                 if let Err(e) = self.publish(&a) {
                     tracing::error!(issuer = a.name(), error = %e, "CRL publication failed");
+                    continue;
                 }
+            }
+            if self.settings.delta_validity.is_some() && (due || self.delta_due(a.name(), now)) {
+                if let Err(e) = self.publish_delta(&a) {
+                    tracing::error!(issuer = a.name(), error = %e, "delta CRL publication failed");
+                }
+            }
+        }
+    }
+}
+
+impl CrlPublisher {
+    /// A delta is due when there is none for the current complete CRL, or the newest is past
+    /// half of its validity.
+    fn delta_due(&self, issuer: &str, now: i64) -> bool {
+        let base = match self.store.latest_crl(issuer, false) {
+            Ok(Some(b)) => b.number,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the latest CRL");
+                return false;
+            }
+        };
+        match self.store.latest_crl(issuer, true) {
+            Ok(Some(d)) => {
+                d.base_number != Some(base)
+                    || now >= d.this_update + (d.next_update - d.this_update) / 2
+            }
+            Ok(None) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the latest delta CRL");
+                false
             }
         }
     }
@@ -174,7 +243,13 @@ impl RevocationListener for CrlPublisher {
         let Ok(a) = self.ca.active_at(&rec.issuer, now) else {
             return;
         };
-        if let Err(e) = self.publish(&a) {
+        // With delta CRLs a revocation goes into a new delta; without, into a new complete CRL.
+        let published = if self.settings.delta_validity.is_some() {
+            self.publish_delta(&a)
+        } else {
+            self.publish(&a)
+        };
+        if let Err(e) = published {
             tracing::error!(issuer = %rec.issuer, error = %e,
                 "CRL publication after revocation failed; the scheduled run retries");
         }

@@ -6,6 +6,7 @@
 //! certificates (node certificates, issuing CAs) need this: 5-minute SVIDs expire instead.
 
 pub mod crl;
+pub mod crl_der;
 pub mod ocsp;
 pub mod pointers;
 pub mod responder_cert;
@@ -14,8 +15,35 @@ pub mod runtime;
 use std::fmt;
 use std::sync::Arc;
 
+use der::asn1::ObjectIdentifier;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+
 use crate::ca::Hierarchy;
+use crate::keys::KeyAlgorithm;
 use crate::store::{CertificateRecord, RevocationRecord, Store, StoreError};
+
+const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const OID_ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+const OID_RSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+const OID_RSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
+
+/// The signatureAlgorithm of an OCSP response or CRL signed by a key of `alg`. ECDSA and Ed25519
+/// identifiers have absent parameters (RFC 5758 §3.2, RFC 8410 §3); PKCS#1 v1.5 RSA ones carry
+/// an explicit NULL (RFC 4055 §5).
+pub(crate) fn signature_algorithm(alg: KeyAlgorithm) -> AlgorithmIdentifierOwned {
+    let (oid, null_params) = match alg {
+        KeyAlgorithm::EcdsaP256 => (OID_ECDSA_SHA256, false),
+        KeyAlgorithm::EcdsaP384 => (OID_ECDSA_SHA384, false),
+        KeyAlgorithm::Ed25519 => (OID_ED25519, false),
+        KeyAlgorithm::Rsa3072 => (OID_RSA_SHA256, true),
+        KeyAlgorithm::Rsa4096 => (OID_RSA_SHA384, true),
+    };
+    AlgorithmIdentifierOwned {
+        oid,
+        parameters: null_params.then(|| der::asn1::Any::from(der::asn1::Null)),
+    }
+}
 
 /// RFC 5280 §5.3.1 CRLReason values an operator may give.
 ///

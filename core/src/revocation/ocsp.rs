@@ -47,28 +47,6 @@ const OID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.10
 const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 const OID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 const OID_NONCE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.2");
-const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-const OID_ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
-const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
-const OID_RSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
-const OID_RSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
-
-/// The signatureAlgorithm of a response signed by a key of `alg`. ECDSA and Ed25519
-/// identifiers have absent parameters (RFC 5758 §3.2, RFC 8410 §3); PKCS#1 v1.5 RSA ones carry
-/// an explicit NULL (RFC 4055 §5).
-fn signature_algorithm(alg: KeyAlgorithm) -> AlgorithmIdentifierOwned {
-    let (oid, null_params) = match alg {
-        KeyAlgorithm::EcdsaP256 => (OID_ECDSA_SHA256, false),
-        KeyAlgorithm::EcdsaP384 => (OID_ECDSA_SHA384, false),
-        KeyAlgorithm::Ed25519 => (OID_ED25519, false),
-        KeyAlgorithm::Rsa3072 => (OID_RSA_SHA256, true),
-        KeyAlgorithm::Rsa4096 => (OID_RSA_SHA384, true),
-    };
-    AlgorithmIdentifierOwned {
-        oid,
-        parameters: null_params.then(|| der::asn1::Any::from(der::asn1::Null)),
-    }
-}
 
 /// Responder settings.
 #[derive(Clone, Debug)]
@@ -613,7 +591,7 @@ impl OcspResponder {
         })?;
         let basic = BasicOcspResponse {
             tbs_response_data: tbs,
-            signature_algorithm: signature_algorithm(signer.key.algorithm()),
+            signature_algorithm: super::signature_algorithm(signer.key.algorithm()),
             signature: BitString::from_bytes(&sig)?,
             certs: Some(vec![signer.cert.clone()]),
         };

@@ -60,6 +60,8 @@ pub async fn start_in_core(
         ca.clone(),
         CrlSettings {
             validity: h.crl_validity,
+            delta_validity: h.delta_crl_validity,
+            public_base: h.public_base(),
         },
     ));
     {

@@ -59,6 +59,8 @@ fn fixture_with(responder_algorithm: KeyAlgorithm) -> Fixture {
         ca.clone(),
         CrlSettings {
             validity: Duration::from_secs(3600),
+            delta_validity: None,
+            public_base: None,
         },
     ));
     let revoker = Revoker::new(store.clone(), ca.clone(), vec![crls, responder.clone()]);
@@ -350,4 +352,128 @@ fn a_rotated_ca_generation_gets_its_own_responder() {
         status(&decode(&a.der)),
         x509_ocsp::CertStatus::Unknown(_)
     ));
+}
+
+/// Decodes a stored CRL with the RustCrypto types and checks its signature with the
+/// issuer's key (P-256 in these fixtures).
+fn crl_checked(f: &Fixture, der: &[u8]) -> x509_cert::crl::CertificateList {
+    let crl = x509_cert::crl::CertificateList::from_der(der).unwrap();
+    let issuer = x509_cert::Certificate::from_der(f.ca.nodes().cert_der()).unwrap();
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        issuer
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+    )
+    .verify(
+        &crl.tbs_cert_list.to_der().unwrap(),
+        crl.signature.raw_bytes(),
+    )
+    .expect("CRL signature verifies with the issuer's key");
+    assert_eq!(crl.tbs_cert_list.issuer, issuer.tbs_certificate.subject);
+    crl
+}
+
+fn crl_ext<'a>(crl: &'a x509_cert::crl::CertificateList, oid: &str) -> Option<&'a Extension> {
+    crl.tbs_cert_list
+        .crl_extensions
+        .as_ref()?
+        .iter()
+        .find(|e| e.extn_id.to_string() == oid)
+}
+
+fn listed(crl: &x509_cert::crl::CertificateList) -> usize {
+    crl.tbs_cert_list
+        .revoked_certificates
+        .as_ref()
+        .map_or(0, |r| r.len())
+}
+
+#[test]
+fn delta_crls_carry_what_was_revoked_since_their_base() {
+    let mut f = fixture();
+    let crls = Arc::new(CrlPublisher::new(
+        f.store.clone(),
+        f.ca.clone(),
+        CrlSettings {
+            validity: Duration::from_secs(24 * 3600),
+            delta_validity: Some(Duration::from_secs(600)),
+            public_base: Some("http://pki.example.org".into()),
+        },
+    ));
+    f.revoker = Revoker::new(f.store.clone(), f.ca.clone(), vec![crls.clone()]);
+    let nodes = f.ca.nodes();
+    let base = crls.publish(&nodes).unwrap();
+    let parsed = crl_checked(&f, &base.der);
+    assert_eq!(listed(&parsed), 0);
+    assert!(
+        crl_ext(&parsed, "2.5.29.27").is_none(),
+        "a complete CRL has no delta indicator"
+    );
+    let freshest = crl_ext(&parsed, "2.5.29.46").expect("Freshest CRL pointer");
+    assert!(String::from_utf8_lossy(freshest.extn_value.as_bytes())
+        .contains("http://pki.example.org/crl/nodes-delta.crl"));
+
+    for (i, serial) in [[0x41u8; 16], [0x42u8; 16]].iter().enumerate() {
+        record(&f.store, &hex::encode(serial));
+        f.revoker
+            .revoke(&RevokeRequest {
+                issuer: String::new(),
+                serial: hex::encode(serial),
+                certificate_der: Vec::new(),
+                reason: if i == 0 {
+                    Reason::KeyCompromise
+                } else {
+                    Reason::Unspecified
+                },
+                actor: "test".into(),
+            })
+            .unwrap();
+    }
+    // The complete CRL is untouched; the newest delta lists both, pointing at the base.
+    assert_eq!(
+        f.store.latest_crl("nodes", false).unwrap().unwrap().number,
+        base.number
+    );
+    let delta = f.store.latest_crl("nodes", true).unwrap().unwrap();
+    assert_eq!(delta.base_number, Some(base.number));
+    assert!(delta.number > base.number, "one CRL number sequence");
+    let parsed = crl_checked(&f, &delta.der);
+    assert_eq!(listed(&parsed), 2);
+    let indicator = crl_ext(&parsed, "2.5.29.27").expect("Delta CRL Indicator");
+    assert!(
+        indicator.critical,
+        "RFC 5280 §5.2.4: the indicator is critical"
+    );
+    let base_number = der::asn1::Uint::from_der(indicator.extn_value.as_bytes()).unwrap();
+    assert_eq!(base_number.as_bytes(), &[base.number as u8]);
+    assert!(
+        crl_ext(&parsed, "2.5.29.46").is_none(),
+        "deltas carry no Freshest CRL"
+    );
+    // Reason codes survive; `unspecified` is left out (§5.3.1).
+    let entries = parsed.tbs_cert_list.revoked_certificates.as_ref().unwrap();
+    let with_reason = entries
+        .iter()
+        .filter(|e| e.crl_entry_extensions.is_some())
+        .count();
+    assert_eq!(with_reason, 1);
+
+    // Many deltas later the complete CRL they refer to is still in the store.
+    for _ in 0..10 {
+        crls.publish_delta(&nodes).unwrap();
+    }
+    assert_eq!(
+        f.store.latest_crl("nodes", false).unwrap().unwrap().number,
+        base.number
+    );
+
+    // A new complete CRL absorbs the entries; the next delta against it is empty.
+    let base2 = crls.publish(&nodes).unwrap();
+    assert_eq!(listed(&crl_checked(&f, &base2.der)), 2);
+    let delta2 = crls.publish_delta(&nodes).unwrap();
+    assert_eq!(delta2.base_number, Some(base2.number));
+    assert_eq!(listed(&crl_checked(&f, &delta2.der)), 0);
 }

@@ -207,7 +207,9 @@ impl Store {
         Ok(max.unwrap_or(0) + 1)
     }
 
-    /// Publishes a CRL and forgets all but the newest `keep` of that issuer.
+    /// Publishes a CRL and forgets all but the newest `keep` of that issuer and kind
+    /// (complete CRLs and delta CRLs are kept separately, so frequent deltas never push the
+    /// complete CRL they refer to out of the store).
     pub fn publish_crl(&self, crl: &CrlRecord, keep: i64) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
@@ -227,9 +229,18 @@ impl Store {
                 format!("CRL number {} of {} already exists", crl.number, crl.issuer)
             })
         })?;
+        let kind = if crl.base_number.is_some() {
+            "base_number IS NOT NULL"
+        } else {
+            "base_number IS NULL"
+        };
         tx.execute(
-            "DELETE FROM crls WHERE issuer = ?1 AND number <= ?2 - ?3",
-            params![crl.issuer, crl.number, keep],
+            &format!(
+                "DELETE FROM crls WHERE issuer = ?1 AND {kind} AND number NOT IN \
+                 (SELECT number FROM crls WHERE issuer = ?1 AND {kind} \
+                  ORDER BY number DESC LIMIT ?2)"
+            ),
+            params![crl.issuer, keep],
         )?;
         tx.commit()?;
         Ok(())
