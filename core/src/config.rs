@@ -43,6 +43,10 @@ pub struct CoreConfig {
     /// Where issuers configured with `backend = "software"` keep their sealed keys.
     #[serde(default)]
     pub software_keys: SoftwareKeysConfig,
+    /// Trust domains this one federates with (`[[federation]]` tables): their bundles go to
+    /// every workload with the own one.
+    #[serde(default)]
+    pub federation: Vec<crate::federation::FederationConfig>,
 }
 
 /// Environment variable that carries the software backend's key-encryption key; it wins over
@@ -472,6 +476,11 @@ impl CoreConfig {
             }
         }
         if let Some(base) = path.parent() {
+            for f in &mut cfg.federation {
+                if f.bundle_file.is_relative() {
+                    f.bundle_file = base.join(&f.bundle_file);
+                }
+            }
             let sk = &mut cfg.software_keys;
             for p in [&mut sk.dir, &mut sk.kek_file].into_iter().flatten() {
                 if p.is_relative() {

@@ -44,6 +44,10 @@ pub struct DevArgs {
     /// Publish delta CRLs with this validity (`http.delta_crl_validity`; needs --http-listen).
     #[arg(long, value_parser = humantime::parse_duration, requires = "http_listen")]
     pub delta_crl_validity: Option<Duration>,
+    /// Federate with another trust domain: `<trust-domain>=<bundle file>` (SPIFFE bundle JSON
+    /// or PEM), repeatable. Its bundle goes to every workload.
+    #[arg(long = "federation", value_name = "TD=FILE")]
+    pub federation: Vec<String>,
     /// The agent binary; defaults to `keygrid-agent` beside this binary.
     #[arg(long, env = "KEYGRID_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
@@ -131,6 +135,17 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
         jwt = humantime::format_duration(args.jwt_svid_ttl),
     );
     let mut toml = toml;
+    for f in &args.federation {
+        let (td, file) = f.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("--federation {f:?}: expected <trust-domain>=<bundle file>")
+        })?;
+        let file = std::path::absolute(file)
+            .with_context(|| format!("--federation {f:?}: bad bundle file path"))?;
+        toml.push_str(&format!(
+            "\n[[federation]]\ntrust_domain = {td:?}\nbundle_file = {:?}\n",
+            file.display().to_string()
+        ));
+    }
     if let Some(addr) = args.http_listen {
         toml.push_str(&format!("\n[http]\nlisten = \"{addr}\"\n"));
         if let Some(d) = args.delta_crl_validity {

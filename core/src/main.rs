@@ -260,8 +260,12 @@ enum BenchCommand {
         /// Key backends to measure (software, pkcs11).
         #[arg(long, value_delimiter = ',', default_value = "software,pkcs11")]
         backends: Vec<String>,
-        /// CA key algorithms (ecdsa-p256, ecdsa-p384).
-        #[arg(long, value_delimiter = ',', default_value = "ecdsa-p256,ecdsa-p384")]
+        /// CA key algorithms (ecdsa-p256, ecdsa-p384, ed25519, rsa-3072, rsa-4096).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "ecdsa-p256,ecdsa-p384,ed25519,rsa-3072,rsa-4096"
+        )]
         algorithms: Vec<String>,
         /// PKCS#11 module for the pkcs11 backend (a private SoftHSM2 token is created).
         #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
@@ -714,7 +718,9 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
         .iter()
         .map(|a| {
             keygrid_core::keys::KeyAlgorithm::from_name(a).ok_or_else(|| {
-                anyhow::anyhow!("unknown algorithm {a:?}; use ecdsa-p256 or ecdsa-p384")
+                anyhow::anyhow!(
+                    "unknown algorithm {a:?}; use ecdsa-p256, ecdsa-p384, ed25519, rsa-3072 or rsa-4096"
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -119,6 +119,10 @@ pub async fn run(
             format!("cannot open the store at {}", cfg.database_path().display())
         })?);
     let settings = cfg.hierarchy_settings();
+    let federation = Arc::new(
+        crate::federation::FederatedBundles::load(&cfg.trust_domain, &cfg.federation)
+            .map_err(anyhow::Error::msg)?,
+    );
     let keys = issuer_keys(&cfg, &token)?;
     let (hierarchy, created) = {
         let store = store.clone();
@@ -238,7 +242,9 @@ pub async fn run(
     ));
     let node_server = tonic::transport::Server::builder()
         .add_service(NodeServer::new(
-            NodeApi::new(issuance.clone()).with_jwt(jwt),
+            NodeApi::new(issuance.clone())
+                .with_jwt(jwt)
+                .with_federation(federation),
         ))
         .add_service(SpireUpstreamServer::new(
             SpireUpstreamApi::new(spire.clone(), hierarchy.clone()).ending_on(stop_rx.clone()),

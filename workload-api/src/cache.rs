@@ -71,6 +71,19 @@ pub struct Snapshot {
     pub bundle: Vec<Vec<u8>>,
     /// The trust domain's JWT bundle (JWK Set JSON); empty until core served one.
     pub jwt_bundle: Vec<u8>,
+    /// Bundles of federated trust domains, sorted by trust domain.
+    pub federated: Vec<FederatedBundle>,
+}
+
+/// Another trust domain's bundle, as core hands it out (`[[federation]]` in core).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FederatedBundle {
+    /// Trust domain name, without scheme.
+    pub trust_domain: String,
+    /// Root certificates, DER.
+    pub x509_authorities: Vec<Vec<u8>>,
+    /// JWK Set JSON of its JWT keys; empty when it has none.
+    pub jwks: Vec<u8>,
 }
 
 impl Snapshot {
@@ -315,10 +328,24 @@ async fn sync_once(
         Err(s) => anyhow::bail!("fetch JWT bundle: {}", s.message()),
     };
 
+    let mut federated: Vec<FederatedBundle> = bundle
+        .federated
+        .iter()
+        .filter(|f| f.trust_domain != current.trust_domain)
+        .map(|f| FederatedBundle {
+            trust_domain: f.trust_domain.clone(),
+            x509_authorities: f.x509_authorities.clone(),
+            jwks: f.jwks.clone(),
+        })
+        .collect();
+    federated.sort_by(|a, b| a.trust_domain.cmp(&b.trust_domain));
+    federated.dedup_by(|a, b| a.trust_domain == b.trust_domain);
+
     let mut changed = !current.synced
         || current.entries != entries
         || current.bundle != bundle.x509_authorities
-        || current.jwt_bundle != jwt_bundle;
+        || current.jwt_bundle != jwt_bundle
+        || current.federated != federated;
     let mut first_error = None;
 
     let mut svids: HashMap<String, CachedSvid> = HashMap::new();
@@ -386,6 +413,7 @@ async fn sync_once(
             refused_defaults,
             bundle: bundle.x509_authorities,
             jwt_bundle,
+            federated,
         }));
     }
     if let Some(e) = first_error {

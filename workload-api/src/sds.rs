@@ -79,6 +79,8 @@ struct View {
     /// (SPIFFE ID, DER chain leaf first, PKCS#8 key), default first.
     identities: Vec<(String, Vec<Vec<u8>>, Vec<u8>)>,
     bundle: Vec<Vec<u8>>,
+    /// Federated trust domains (name, roots), sorted by name.
+    federated: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 /// The caller's view, or `None` while SVIDs it is entitled to are still being minted.
@@ -106,6 +108,12 @@ fn view(snap: &Snapshot, caller: &[Selector], default_id: Option<&str>) -> Optio
         trust_domain: snap.trust_domain.clone(),
         identities,
         bundle: snap.bundle.clone(),
+        federated: snap
+            .federated
+            .iter()
+            .filter(|f| !f.x509_authorities.is_empty())
+            .map(|f| (f.trust_domain.clone(), f.x509_authorities.clone()))
+            .collect(),
     })
 }
 
@@ -245,12 +253,30 @@ fn build_response(
             ));
         }
         wanted.remove(cfg.default_all_bundles_name.as_str());
-        // No federation yet: all bundles are the own trust domain's.
+        let mut all_bundles: Vec<(&str, &[Vec<u8>])> = own.to_vec();
+        all_bundles.extend(
+            view.federated
+                .iter()
+                .map(|(td, certs)| (td.as_str(), certs.as_slice())),
+        );
         secrets.push(validation_context(
             &cfg.default_all_bundles_name,
-            &own,
+            &all_bundles,
             true,
         ));
+    }
+
+    // Each federated trust domain's bundle, named by its trust-domain ID.
+    for (td, certs) in &view.federated {
+        let id = format!("spiffe://{td}");
+        if all || wanted.contains(id.as_str()) {
+            wanted.remove(id.as_str());
+            secrets.push(validation_context(
+                &id,
+                &[(td.as_str(), certs.as_slice())],
+                spiffe,
+            ));
+        }
     }
 
     for (i, (id, chain, key)) in view.identities.iter().enumerate() {
@@ -515,6 +541,7 @@ mod tests {
                 ("spiffe://example.org/b".into(), vec![vec![4]], vec![8]),
             ],
             bundle: vec![vec![7, 7]],
+            federated: vec![],
         }
     }
 
@@ -585,6 +612,90 @@ mod tests {
         assert_eq!(names(&one), vec!["spiffe://example.org/b"]);
         let allb = build(&["ALL"], None).unwrap();
         assert_eq!(names(&allb), vec!["ALL"]);
+    }
+
+    /// Trust domains inside a SPIFFE-validator validation context, with their PEM bundles.
+    fn validator_domains(secret: &tls::Secret) -> Vec<(String, String)> {
+        let Some(tls::secret::Type::ValidationContext(ctx)) = &secret.r#type else {
+            panic!("{} is not a validation context", secret.name);
+        };
+        let any = ctx
+            .custom_validator_config
+            .as_ref()
+            .and_then(|c| c.typed_config.as_ref())
+            .expect("SPIFFE validator config");
+        let cfg = tls::SpiffeCertValidatorConfig::decode(any.value.as_slice()).unwrap();
+        cfg.trust_domains
+            .into_iter()
+            .map(|td| {
+                let pem = match td.trust_bundle.and_then(|d| d.specifier) {
+                    Some(core::data_source::Specifier::InlineBytes(b)) => {
+                        String::from_utf8(b).unwrap()
+                    }
+                    other => panic!("unexpected data source {other:?}"),
+                };
+                (td.name, pem)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn federated_bundles_by_id_in_all_and_in_the_empty_list() {
+        let mut view = test_view();
+        view.federated = vec![
+            ("partner.example".into(), vec![vec![5, 5]]),
+            ("zeta.example".into(), vec![vec![6]]),
+        ];
+        let build = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            build_response(
+                &SdsConfig::default(),
+                &view,
+                &names,
+                None,
+                SECRET_TYPE_URL,
+                "1",
+                "n",
+            )
+        };
+        // Every resource when none is named: own bundle, each federated one, each identity.
+        let all = build(&[]).unwrap();
+        assert_eq!(
+            names(&all),
+            vec![
+                "spiffe://example.org",
+                "spiffe://partner.example",
+                "spiffe://zeta.example",
+                "spiffe://example.org/a",
+                "spiffe://example.org/b"
+            ]
+        );
+        // One federated domain by its ID: a context with exactly that domain.
+        let one = build(&["spiffe://partner.example"]).unwrap();
+        let s = secrets(&one);
+        assert_eq!(names(&one), vec!["spiffe://partner.example"]);
+        let domains = validator_domains(&s[0]);
+        assert_eq!(domains.len(), 1);
+        assert_eq!(domains[0].0, "partner.example");
+        assert_eq!(
+            domains[0].1,
+            pem::encode(&pem::Pem::new("CERTIFICATE", vec![5u8, 5]))
+        );
+        // ALL: own and every federated domain, sorted by name.
+        let allb = build(&["ALL"]).unwrap();
+        let domains: Vec<String> = validator_domains(&secrets(&allb)[0])
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            domains,
+            vec!["example.org", "partner.example", "zeta.example"]
+        );
+        // A domain nobody federates with is still refused.
+        assert_eq!(
+            build(&["spiffe://other.example"]).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]

@@ -137,8 +137,21 @@ pub fn x509_svid_response(
     Some(Ok(pb::X509svidResponse {
         svids,
         crl: vec![],
-        federated_bundles: HashMap::new(),
+        federated_bundles: federated_x509(snap).collect(),
     }))
+}
+
+/// Federated X.509 bundles keyed by trust-domain ID (`spiffe://<td>`), concatenated DER.
+fn federated_x509(snap: &Snapshot) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
+    snap.federated
+        .iter()
+        .filter(|f| !f.x509_authorities.is_empty())
+        .map(|f| {
+            (
+                format!("spiffe://{}", f.trust_domain),
+                concat(&f.x509_authorities),
+            )
+        })
 }
 
 fn has_identity(snap: &Snapshot, caller: &[Selector], default_id: Option<&str>) -> bool {
@@ -159,7 +172,7 @@ fn x509_bundles_response(
     if !has_identity(snap, caller, default_id) {
         return Some(Err(Status::permission_denied(NO_IDENTITY)));
     }
-    let mut bundles = HashMap::new();
+    let mut bundles: HashMap<String, Vec<u8>> = federated_x509(snap).collect();
     bundles.insert(
         format!("spiffe://{}", snap.trust_domain),
         concat(&snap.bundle),
@@ -181,7 +194,12 @@ fn jwt_bundles_response(
     if !has_identity(snap, caller, default_id) {
         return Some(Err(Status::permission_denied(NO_IDENTITY)));
     }
-    let mut bundles = HashMap::new();
+    let mut bundles: HashMap<String, Vec<u8>> = snap
+        .federated
+        .iter()
+        .filter(|f| !f.jwks.is_empty())
+        .map(|f| (format!("spiffe://{}", f.trust_domain), f.jwks.clone()))
+        .collect();
     bundles.insert(
         format!("spiffe://{}", snap.trust_domain),
         snap.jwt_bundle.clone(),
@@ -436,6 +454,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let mut bundles = HashMap::new();
         if !snap.jwt_bundle.is_empty() {
             bundles.insert(snap.trust_domain.clone(), snap.jwt_bundle.clone());
+        }
+        // A token from a federated trust domain validates against that domain's keys.
+        for f in snap.federated.iter().filter(|f| !f.jwks.is_empty()) {
+            bundles.insert(f.trust_domain.clone(), f.jwks.clone());
         }
         let now = now_ms() / 1000;
         let validated =

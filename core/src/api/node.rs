@@ -14,6 +14,7 @@ use crate::store::EntryRecord;
 pub struct NodeApi {
     issuance: Arc<Issuance>,
     jwt: Option<Arc<JwtIssuer>>,
+    federation: Arc<crate::federation::FederatedBundles>,
 }
 
 impl NodeApi {
@@ -22,7 +23,14 @@ impl NodeApi {
         NodeApi {
             issuance,
             jwt: None,
+            federation: Arc::default(),
         }
+    }
+
+    /// Hands agents these federated bundles with the trust domain's own.
+    pub fn with_federation(mut self, federation: Arc<crate::federation::FederatedBundles>) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// Enables JWT-SVIDs and the JWT bundle, signed by `jwt`.
@@ -44,6 +52,7 @@ impl NodeApi {
             trust_domain: h.trust_domain().to_string(),
             x509_authorities: snapshot.roots.clone(),
             sequence: snapshot.sequence.max(0) as u64,
+            federated: self.federation.current(),
         }
     }
 

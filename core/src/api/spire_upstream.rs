@@ -401,6 +401,8 @@ impl pb::spire_upstream_server::SpireUpstream for SpireUpstreamApi {
                 trust_domain: trust_domain.clone(),
                 x509_authorities: snap.roots.clone(),
                 sequence: snap.sequence.max(0) as u64,
+                // SPIRE manages its own federation; the upstream plugin carries only roots.
+                federated: Vec::new(),
             })
         });
         let stop = self.stop.clone();
