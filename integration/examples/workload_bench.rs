@@ -1,19 +1,21 @@
-//! Benchmark: many concurrent `FetchX509SVID` streams on one `keygrid-agent`.
+//! Benchmark: many concurrent `FetchX509SVID` streams on one `keygrid-agent`, and the same
+//! load on one SPIRE agent in the same run.
 //!
-//! Starts `keygrid dev` (SoftHSM2, core, agent) with short-lived SVIDs, opens N streams
-//! from this process over C Unix-socket connections, and reports: first-response latency
-//! (p50/p99) for a cached identity, how long it takes from the first to the last stream
-//! receiving the rotated SVID, and the agent's peak RSS (VmHWM).
+//! Starts `keygrid dev` (SoftHSM2, core, agent) with 30-second SVIDs, and a SPIRE v1.13.3
+//! server and agent with a 30-second entry for this process's uid; against each agent it
+//! opens N streams from this process over C Unix-socket connections and reports:
+//! first-response latency (p50/p99) for a cached identity, how long it takes from the first
+//! to the last stream receiving the rotated SVID, and the agent's peak RSS (VmHWM).
 //!
-//! `cargo run --release -p keygrid-integration --example workload_bench -- [streams] [connections]`
-//! (needs the workspace binaries built; `KEYGRID_BIN_DIR` may point at them).
+//! `cargo run --release -p keygrid-integration --example workload_bench -- [streams] [connections] [keygrid|spire|both]`
+//! (needs the workspace binaries built and SPIRE in tools/bin, `scripts/build-spire.sh`).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
-use keygrid_integration::DevEnv;
+use keygrid_integration::spire::{SpireAgent, SpireServer};
+use keygrid_integration::{uid, wait_until, DevEnv};
 use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use keygrid_proto::workload::X509svidRequest;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -69,28 +71,44 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let streams: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let conns: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
-    let env = DevEnv::start("30s");
-    let socket: PathBuf = env.socket();
-    let pid = agent_pid(env.dir.path()).expect("agent pid");
+/// What one agent did under the load.
+struct Figures {
+    streams_rotated: usize,
+    already_rotated: usize,
+    sequential: Vec<Duration>,
+    first_latencies: Vec<Duration>,
+    spread: Duration,
+    rss_idle_kb: u64,
+    rss_peak_kb: u64,
+}
 
-    // Warm the cache: one stream gets its first SVID.
-    let warm = connect(&socket).await;
-    let mut s = SpiffeWorkloadApiClient::new(warm)
-        .fetch_x509svid(request())
-        .await
-        .unwrap()
-        .into_inner();
-    let first = s.message().await.unwrap().unwrap();
+/// Drives one agent: warm-up, 500 sequential opens, then `streams` concurrent streams that
+/// each wait for an SVID other than the one current at the start.
+async fn measure(socket: &Path, pid: u32, streams: usize, conns: usize) -> Figures {
+    // Warm the cache: one stream gets its first SVID (retried while the agent still has
+    // no identity for us, as a freshly started SPIRE agent does until its first sync).
+    let warm = connect(socket).await;
+    let started = Instant::now();
+    let first = loop {
+        let attempt = SpiffeWorkloadApiClient::new(warm.clone())
+            .fetch_x509svid(request())
+            .await;
+        if let Ok(resp) = attempt {
+            if let Ok(Some(msg)) = resp.into_inner().message().await {
+                break msg;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no SVID from the agent within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let initial_serial = serial(&first.svids[0].x509_svid);
-    let rss_idle = status_kb(pid, "VmRSS:");
+    let rss_idle_kb = status_kb(pid, "VmRSS:");
 
     // First-response latency of one new stream at a time (cached identity, idle agent).
-    let seq_channel = connect(&socket).await;
+    let seq_channel = connect(socket).await;
     let mut sequential = Vec::new();
     for _ in 0..500 {
         let mut client = SpiffeWorkloadApiClient::new(seq_channel.clone());
@@ -103,48 +121,46 @@ async fn main() {
 
     let mut channels = Vec::new();
     for _ in 0..conns {
-        channels.push(connect(&socket).await);
+        channels.push(connect(socket).await);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let started = Instant::now();
-    let barrier = Arc::new(tokio::sync::Barrier::new(streams));
     for i in 0..streams {
         let ch = channels[i % conns].clone();
         let tx = tx.clone();
         let initial = initial_serial.clone();
-        let barrier = barrier.clone();
         tokio::spawn(async move {
             let mut client = SpiffeWorkloadApiClient::new(ch);
             let t0 = Instant::now();
             let mut stream = client.fetch_x509svid(request()).await.unwrap().into_inner();
             let msg = stream.message().await.unwrap().unwrap();
             let first_latency = t0.elapsed();
-            assert_eq!(serial(&msg.svids[0].x509_svid), initial);
-            barrier.wait().await;
-            loop {
+            let mut already = true;
+            let mut current = serial(&msg.svids[0].x509_svid);
+            while current == initial {
+                already = false;
                 let msg = stream.message().await.unwrap().unwrap();
-                if serial(&msg.svids[0].x509_svid) != initial {
-                    let _ = tx.send((first_latency, Instant::now()));
-                    // Keep the stream open until the end of the run.
-                    std::future::pending::<()>().await;
-                }
+                current = serial(&msg.svids[0].x509_svid);
             }
+            let _ = tx.send((first_latency, Instant::now(), already));
+            // Keep the stream open until the end of the run.
+            std::future::pending::<()>().await;
         });
     }
     drop(tx);
     let mut first_latencies = Vec::with_capacity(streams);
     let mut rotated_at = Vec::with_capacity(streams);
+    let mut already_rotated = 0;
     while rotated_at.len() < streams {
-        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-            Ok(Some((l, at))) => {
+        match tokio::time::timeout(Duration::from_secs(90), rx.recv()).await {
+            Ok(Some((l, at, already))) => {
                 first_latencies.push(l);
                 rotated_at.push(at);
+                already_rotated += usize::from(already);
             }
             _ => break,
         }
     }
-    let open_time = started.elapsed();
-    let rss_peak = status_kb(pid, "VmHWM:");
+    let rss_peak_kb = status_kb(pid, "VmHWM:");
     first_latencies.sort();
     rotated_at.sort();
     let spread = rotated_at
@@ -152,21 +168,98 @@ async fn main() {
         .zip(rotated_at.first())
         .map(|(l, f)| l.duration_since(*f))
         .unwrap_or_default();
-    println!("streams: {streams} over {conns} connections");
-    println!("streams that saw the rotation: {}", rotated_at.len());
+    Figures {
+        streams_rotated: rotated_at.len(),
+        already_rotated,
+        sequential,
+        first_latencies,
+        spread,
+        rss_idle_kb,
+        rss_peak_kb,
+    }
+}
+
+fn report(name: &str, streams: usize, conns: usize, f: &Figures) {
+    println!("== {name}: {streams} streams over {conns} connections");
+    println!(
+        "streams that saw the rotation: {} ({} of them already in their first message)",
+        f.streams_rotated, f.already_rotated
+    );
     println!(
         "first response, one new stream at a time (500): p50 {:?}, p99 {:?}, max {:?}",
-        pct(&sequential, 0.5),
-        pct(&sequential, 0.99),
-        sequential.last().unwrap()
+        pct(&f.sequential, 0.5),
+        pct(&f.sequential, 0.99),
+        f.sequential.last().unwrap()
+    );
+    if !f.first_latencies.is_empty() {
+        println!(
+            "first response, all streams opened at once: p50 {:?}, p99 {:?}, max {:?}",
+            pct(&f.first_latencies, 0.5),
+            pct(&f.first_latencies, 0.99),
+            f.first_latencies.last().unwrap()
+        );
+    }
+    println!(
+        "rotation delivered to all streams within {:?} (first to last)",
+        f.spread
     );
     println!(
-        "first response, all streams opened at once: p50 {:?}, p99 {:?}, max {:?}",
-        pct(&first_latencies, 0.5),
-        pct(&first_latencies, 0.99),
-        first_latencies.last().unwrap()
+        "agent RSS: idle {} kB, peak (VmHWM) {} kB",
+        f.rss_idle_kb, f.rss_peak_kb
     );
-    println!("rotation delivered to all streams within {spread:?} (first to last)");
-    println!("agent RSS: idle {rss_idle} kB, peak (VmHWM) {rss_peak} kB");
-    println!("wall time {open_time:?}");
+}
+
+/// A SPIRE server and agent for this process's uid, with 30-second X.509-SVIDs.
+fn start_spire() -> (SpireServer, SpireAgent) {
+    let mut server = SpireServer::start("bench.example", "default_x509_svid_ttl = \"30s\"", "");
+    server.wait_ready();
+    let agent_id = "spiffe://bench.example/agent";
+    let token = server.join_token(agent_id);
+    server.create_entry(
+        agent_id,
+        "spiffe://bench.example/workload",
+        &format!("unix:uid:{}", uid()),
+        &["-x509SVIDTTL", "30"],
+    );
+    let bundle = server.bundle_pem();
+    let agent = SpireAgent::start(&server, &token, &bundle);
+    wait_until("the SPIRE agent's socket", Duration::from_secs(60), || {
+        agent.socket().exists()
+    });
+    (server, agent)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let streams: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let conns: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    let which = args.get(3).map(String::as_str).unwrap_or("both");
+    let mut results = Vec::new();
+    if which == "keygrid" || which == "both" {
+        let env = DevEnv::start("30s");
+        let pid = agent_pid(env.dir.path()).expect("agent pid");
+        let f = measure(&env.socket(), pid, streams, conns).await;
+        report("keygrid-agent", streams, conns, &f);
+        results.push(("keygrid-agent", f));
+    }
+    if which == "spire" || which == "both" {
+        let (_server, agent) = start_spire();
+        let f = measure(&agent.socket(), agent.pid(), streams, conns).await;
+        report("spire-agent 1.13.3", streams, conns, &f);
+        results.push(("spire-agent", f));
+    }
+    if let [(_, k), (_, s)] = results.as_slice() {
+        println!("== side by side (keygrid / spire)");
+        println!(
+            "rotation spread: {:?} / {:?}; sequential first-response p99: {:?} / {:?}; peak RSS: {} / {} kB ({:.2}x)",
+            k.spread,
+            s.spread,
+            pct(&k.sequential, 0.99),
+            pct(&s.sequential, 0.99),
+            k.rss_peak_kb,
+            s.rss_peak_kb,
+            k.rss_peak_kb as f64 / s.rss_peak_kb.max(1) as f64
+        );
+    }
 }

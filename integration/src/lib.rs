@@ -4,6 +4,7 @@
 //! A missing tool is a test failure with an install hint, never a skip: these tests are
 //! the proof that KeyGrid works with real components.
 
+pub mod spire;
 pub mod swtpm;
 
 use std::net::TcpListener;

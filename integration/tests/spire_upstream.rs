@@ -4,12 +4,13 @@
 //! against it, SPIRE rotates its CA through KeyGrid, refusals reach SPIRE's log, and SPIRE
 //! keeps serving while core is down.
 
-use keygrid_integration::{spire_tool, uid};
+use keygrid_integration::spire::{SpireAgent, SpireServer};
+use keygrid_integration::uid;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keygrid_integration::{bin, free_port, require_tool, run, wait_until, DevEnv};
+use keygrid_integration::{bin, require_tool, run, wait_until, DevEnv};
 use spiffe::X509Source;
 
 /// SPIRE's CA lifetime in these tests. SPIRE prepares the next CA at half-life and
@@ -59,234 +60,53 @@ fn plugin_data(env: &DevEnv, cred: &Path) -> String {
     )
 }
 
-/// A running `spire-server` (killed on drop).
-struct SpireServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl SpireServer {
-    fn start(trust_domain: &str, plugin_data: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let plugin = bin("keygrid-upstream-authority");
-        let conf = format!(
-            r#"server {{
-  bind_address = "127.0.0.1"
-  bind_port = "{port}"
-  socket_path = "{d}/api.sock"
-  trust_domain = "{trust_domain}"
-  data_dir = "{d}/data"
-  log_level = "DEBUG"
-  ca_ttl = "{CA_TTL}"
-  default_x509_svid_ttl = "10s"
-  default_jwt_svid_ttl = "10s"
-}}
-plugins {{
-  DataStore "sql" {{
-    plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "{d}/data/datastore.sqlite3"
-    }}
-  }}
-  KeyManager "memory" {{
-    plugin_data {{}}
-  }}
-  NodeAttestor "join_token" {{
-    plugin_data {{}}
-  }}
-  UpstreamAuthority "keygrid" {{
+/// A SPIRE server for `trust_domain` whose UpstreamAuthority is KeyGrid's plugin.
+fn spire_with_keygrid(trust_domain: &str, plugin_data: &str) -> SpireServer {
+    let plugin = bin("keygrid-upstream-authority");
+    SpireServer::start(
+        trust_domain,
+        &format!(
+            "ca_ttl = \"{CA_TTL}\"\n  default_x509_svid_ttl = \"10s\"\n  default_jwt_svid_ttl = \"10s\""
+        ),
+        &format!(
+            r#"UpstreamAuthority "keygrid" {{
     plugin_cmd = "{plugin}"
     plugin_checksum = "{sum}"
     plugin_data {{
       {plugin_data}
     }}
-  }}
-}}
-"#,
-            d = dir.path().display(),
+  }}"#,
             plugin = plugin.display(),
             sum = sha256_file(&plugin),
-        );
-        std::fs::write(dir.path().join("server.conf"), conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(spire_tool("spire-server"))
-            .arg("run")
-            .arg("-config")
-            .arg(dir.path().join("server.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start spire-server");
-        SpireServer {
-            dir,
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("api.sock")
-    }
-
-    /// Runs a `spire-server` subcommand against this server's admin socket.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new(spire_tool("spire-server"))
-            .args(args)
-            .arg("-socketPath")
-            .arg(self.socket()))
-    }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        loop {
-            if self.cli(&["healthcheck"]).status.success() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("spire-server exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "spire-server not healthy within 60s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Waits for the server to exit on its own and returns its log.
-    fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
-        let child = self.child.as_mut().unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return (status, self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "spire-server still running after 60s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The roots in `spire-server bundle show` (PEM).
-    fn bundle_pem(&self) -> String {
-        let out = self.cli(&["bundle", "show"]);
-        assert!(out.status.success(), "bundle show: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Mints an X.509-SVID through the server API; returns the chain as DER.
-    fn mint_svid(&self, id: &str) -> Vec<Vec<u8>> {
-        let out_dir = self.dir.path().join("mint");
-        let _ = std::fs::remove_dir_all(&out_dir);
-        std::fs::create_dir_all(&out_dir).unwrap();
-        let out = self.cli(&[
-            "x509",
-            "mint",
-            "-spiffeID",
-            id,
-            "-write",
-            out_dir.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "x509 mint failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let pem = std::fs::read_to_string(out_dir.join("svid.pem")).unwrap();
-        pem::parse_many(pem)
-            .unwrap()
-            .into_iter()
-            .map(|p| p.into_contents())
-            .collect()
-    }
+        ),
+    )
 }
 
-impl Drop for SpireServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A running `spire-agent` (killed on drop).
-struct SpireAgent {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl SpireAgent {
-    fn start(server: &SpireServer, token: &str, bootstrap_pem: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("bootstrap.pem"), bootstrap_pem).unwrap();
-        let conf = format!(
-            r#"agent {{
-  data_dir = "{d}/data"
-  log_level = "DEBUG"
-  server_address = "127.0.0.1"
-  server_port = "{port}"
-  socket_path = "{d}/workload.sock"
-  trust_bundle_path = "{d}/bootstrap.pem"
-  trust_domain = "example.org"
-  join_token = "{token}"
-}}
-plugins {{
-  NodeAttestor "join_token" {{
-    plugin_data {{}}
-  }}
-  KeyManager "memory" {{
-    plugin_data {{}}
-  }}
-  WorkloadAttestor "unix" {{
-    plugin_data {{}}
-  }}
-}}
-"#,
-            d = dir.path().display(),
-            port = server.port,
-        );
-        std::fs::write(dir.path().join("agent.conf"), conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-        let child = Command::new(spire_tool("spire-agent"))
-            .arg("run")
-            .arg("-config")
-            .arg(dir.path().join("agent.conf"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start spire-agent");
-        SpireAgent { dir, child }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("unix://{}", self.dir.path().join("workload.sock").display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for SpireAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Mints an X.509-SVID through the server API; returns the chain as DER.
+fn mint_svid(server: &SpireServer, id: &str) -> Vec<Vec<u8>> {
+    let out_dir = server.dir.path().join("mint");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = server.cli(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        id,
+        "-write",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "x509 mint failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read_to_string(out_dir.join("svid.pem")).unwrap();
+    pem::parse_many(pem)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.into_contents())
+        .collect()
 }
 
 fn pem_of(ders: &[&[u8]]) -> String {
@@ -355,7 +175,7 @@ async fn svid_chain(source: &X509Source) -> Vec<Vec<u8>> {
 async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
     let env = DevEnv::start("5m");
     let cred = credential(&env, "main");
-    let mut server = SpireServer::start("example.org", &plugin_data(&env, &cred));
+    let mut server = spire_with_keygrid("example.org", &plugin_data(&env, &cred));
     server.wait_ready();
     let log = server.log();
     assert!(log.contains("Plugin loaded") && log.contains("plugin_name=keygrid"));
@@ -529,13 +349,13 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
 fn spire_keeps_serving_while_core_is_down_and_recovers() {
     let env = DevEnv::start("5m");
     let cred = credential(&env, "faults");
-    let mut server = SpireServer::start("example.org", &plugin_data(&env, &cred));
+    let mut server = spire_with_keygrid("example.org", &plugin_data(&env, &cred));
     server.wait_ready();
     let verify_dir = tempfile::tempdir().unwrap();
     let roots_pem = verify_dir.path().join("roots.pem");
     std::fs::copy(env.bundle_pem(), &roots_pem).unwrap();
     let check_svid = |server: &SpireServer| {
-        let chain = server.mint_svid("spiffe://example.org/fault-check");
+        let chain = mint_svid(&server, "spiffe://example.org/fault-check");
         let inter: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
         openssl_verify(verify_dir.path(), &chain[0], &inter, &roots_pem);
     };
@@ -555,10 +375,7 @@ fn spire_keeps_serving_while_core_is_down_and_recovers() {
         "SPIRE still healthy"
     );
     check_svid(&server);
-    assert!(
-        server.child.as_mut().unwrap().try_wait().unwrap().is_none(),
-        "spire-server still running"
-    );
+    assert!(server.is_running(), "spire-server still running");
 
     // Core returns on the same address; SPIRE's next attempt gets a CA from it.
     let env = DevEnv::start_at(dir, &listen, "5m");
@@ -577,7 +394,7 @@ fn refusals_and_config_errors_reach_spire_log() {
 
     // A SPIRE server for a trust domain this KeyGrid does not serve gets no CA, and SPIRE
     // logs KeyGrid's reason.
-    let mut server = SpireServer::start("other.org", &plugin_data(&env, &cred));
+    let mut server = spire_with_keygrid("other.org", &plugin_data(&env, &cred));
     let (status, log) = server.wait_exit();
     assert!(!status.success(), "SPIRE cannot start without a CA");
     assert!(
@@ -592,7 +409,7 @@ fn refusals_and_config_errors_reach_spire_log() {
 
     // A configuration error is a clear message from the plugin, not a crash.
     let bad = plugin_data(&env, &cred).replace("client_key_path", "client_keypath");
-    let mut server = SpireServer::start("example.org", &bad);
+    let mut server = spire_with_keygrid("example.org", &bad);
     let (status, log) = server.wait_exit();
     assert!(!status.success());
     assert!(
@@ -605,7 +422,7 @@ fn refusals_and_config_errors_reach_spire_log() {
 
     // A missing file is named with its field.
     let bad = plugin_data(&env, &cred).replace("svid.key", "missing.key");
-    let mut server = SpireServer::start("example.org", &bad);
+    let mut server = spire_with_keygrid("example.org", &bad);
     let (_, log) = server.wait_exit();
     assert!(
         log.contains("client_key_path: cannot read") && log.contains("missing.key"),
