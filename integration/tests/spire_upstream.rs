@@ -355,7 +355,7 @@ fn spire_keeps_serving_while_core_is_down_and_recovers() {
     let roots_pem = verify_dir.path().join("roots.pem");
     std::fs::copy(env.bundle_pem(), &roots_pem).unwrap();
     let check_svid = |server: &SpireServer| {
-        let chain = mint_svid(&server, "spiffe://example.org/fault-check");
+        let chain = mint_svid(server, "spiffe://example.org/fault-check");
         let inter: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
         openssl_verify(verify_dir.path(), &chain[0], &inter, &roots_pem);
     };
