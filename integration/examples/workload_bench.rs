@@ -13,25 +13,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use keygrid_integration::spire::{SpireAgent, SpireServer};
 use keygrid_integration::{uid, wait_until, DevEnv};
 use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use keygrid_proto::workload::X509svidRequest;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 async fn connect(socket: &Path) -> Channel {
-    let path = socket.to_path_buf();
-    Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .expect("connect to workload socket")
+    keygrid_integration::unix_channel(socket).await
 }
 
 fn request() -> tonic::Request<X509svidRequest> {

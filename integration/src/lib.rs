@@ -57,15 +57,10 @@ pub fn uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// A raw Workload API client (generated from the SPIFFE proto) over an agent's socket, for
-/// tests that need exact status codes and every stream message.
-pub async fn workload_client(
-    socket: &Path,
-) -> keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
-    tonic::transport::Channel,
-> {
+/// A gRPC channel over a Unix socket (the authority is a dummy, as SPIFFE clients use).
+pub async fn unix_channel(socket: &Path) -> tonic::transport::Channel {
     let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+    tonic::transport::Endpoint::try_from("http://localhost")
         .expect("static URI")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let path = path.clone();
@@ -76,8 +71,19 @@ pub async fn workload_client(
             }
         }))
         .await
-        .expect("connect to workload socket");
-    keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+        .expect("connect to the Unix socket")
+}
+
+/// A raw Workload API client (generated from the SPIFFE proto) over an agent's socket, for
+/// tests that need exact status codes and every stream message.
+pub async fn workload_client(
+    socket: &Path,
+) -> keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        unix_channel(socket).await,
+    )
 }
 
 /// Wraps a Workload API request with the `workload.spiffe.io: true` security header.

@@ -5,6 +5,15 @@
 
 pub mod codec;
 
+/// Encoded descriptors of the SPIFFE Workload API, for gRPC server reflection on the agent
+/// socket (the Workload API spec asks endpoints to support it).
+pub const WORKLOAD_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("workload_descriptor");
+
+/// Encoded descriptors of every other proto here (KeyGrid, SPIRE plugins, Envoy SDS), for
+/// reflection on the services each server registers.
+pub const KEYGRID_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keygrid_descriptor");
+
 /// KeyGrid's own API: the node API agents use and the admin API the CLI uses.
 pub mod keygrid {
     /// Version 1 of the KeyGrid API.

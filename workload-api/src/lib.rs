@@ -4,11 +4,12 @@
 //! Data flows one way: [`node_client`] holds the node credential and talks to core,
 //! [`cache`] keeps an SVID per entry (and per pod default identity) current, [`attestor`]
 //! identifies callers, [`identity`] decides what they get, and [`workload`] answers them
-//! from the cache ([`jwt`] for JWT-SVIDs).
+//! from the cache ([`jwt`] for JWT-SVIDs); [`health`] reports readiness on the same socket.
 
 pub mod attestor;
 pub mod cache;
 pub mod config;
+pub mod health;
 pub mod identity;
 pub mod jwt;
 pub mod node_client;

@@ -45,6 +45,14 @@ pub async fn run(
             cfg.sds.clone(),
         ))
     });
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(crate::health::follow_cache(
+        health_reporter,
+        cache.clone(),
+        cfg.sds.enabled,
+    ));
+    let (reflection_v1, reflection_v1alpha) =
+        crate::health::reflection(cfg.sds.enabled).context("cannot set up gRPC reflection")?;
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(
             cache,
@@ -52,6 +60,9 @@ pub async fn run(
             attestor,
         )))
         .add_optional_service(sds)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("Workload API server failed")?;
