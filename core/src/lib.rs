@@ -6,6 +6,7 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod config;

@@ -413,7 +413,7 @@ fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
         &cfg.hsm.token_label,
         cryptoki::types::AuthPin::from(pin),
     )?;
-    let store = keygrid_core::store::Store::open(&cfg.database_path())?;
+    let store = keygrid_core::server::open_store(&cfg)?;
     let (h, created) =
         keygrid_core::ca::Hierarchy::init_or_load(&store, &token, &cfg.hierarchy_settings())?;
     println!(

@@ -50,6 +50,13 @@ pub fn private_dir(path: &Path) -> anyhow::Result<()> {
 
 /// Re-evaluates the trust bundle every 30 s (a rotated root becomes due, an old one retires)
 /// and rewrites the published PEM file when it changes.
+/// Opens the store the configuration names (SQLite file or PostgreSQL server).
+pub fn open_store(cfg: &CoreConfig) -> anyhow::Result<Store> {
+    let location = cfg.store_location().map_err(anyhow::Error::msg)?;
+    Store::open_location(&location)
+        .with_context(|| format!("cannot open the store ({})", cfg.store_description()))
+}
+
 fn spawn_bundle_refresh(hierarchy: Arc<Hierarchy>, store: Arc<Store>, path: std::path::PathBuf) {
     let mut rx = hierarchy.subscribe_bundle();
     {
@@ -93,10 +100,24 @@ pub async fn run(
     let pin = cfg.hsm_pin().map_err(anyhow::Error::msg)?;
     let token = Pkcs11Token::open(&cfg.hsm.module, &cfg.hsm.token_label, AuthPin::from(pin))
         .context("cannot open the HSM token")?;
-    let store =
-        Arc::new(Store::open(&cfg.database_path()).with_context(|| {
-            format!("cannot open the store at {}", cfg.database_path().display())
-        })?);
+    let store = Arc::new(open_store(&cfg)?);
+    tracing::info!(store = %cfg.store_description(), "store opened");
+    let audit_key = {
+        let (token, label) = (token.clone(), cfg.audit.key_label.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                crate::audit::AuditKey::load_or_create(&token, &label)
+            })
+            .await?
+            .context("cannot load or create the audit checkpoint key")?,
+        )
+    };
+    crate::audit::spawn_checkpoints(
+        store.clone(),
+        audit_key.clone(),
+        cfg.audit.checkpoint_interval,
+    );
+    crate::audit::spawn_svid_retention(store.clone(), cfg.store.svid_retention);
     let settings = cfg.hierarchy_settings();
     let (hierarchy, created) = {
         let store = store.clone();

@@ -311,6 +311,13 @@ pub fn current_version(sql: &mut dyn Sql) -> Result<i64, StoreError> {
         .map(|v| v.unwrap_or(0))
 }
 
+/// The version, without creating anything (inside read-only transactions).
+pub fn current_version_readonly(sql: &mut dyn Sql) -> Result<i64, StoreError> {
+    sql.query_one("SELECT MAX(version) FROM schema_version", &[])?
+        .get::<Option<i64>>(0)
+        .map(|v| v.unwrap_or(0))
+}
+
 /// Applies every migration newer than the database, in the caller's transaction. Refuses a
 /// database from a newer KeyGrid.
 pub fn apply(sql: &mut dyn Sql) -> Result<(), StoreError> {

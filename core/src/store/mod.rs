@@ -14,6 +14,7 @@
 //! from synchronous code); only migrations differ per engine ([`migrations`]).
 
 pub mod audit;
+pub mod backup;
 mod jwt_keys;
 mod migrations;
 pub mod pg_server;

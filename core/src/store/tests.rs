@@ -693,6 +693,81 @@ fn short_lived_certificates_are_pruned_but_stay_audited(store: Store) {
     assert_eq!(store.verify_audit(None).unwrap().records, 5);
 }
 
+fn backup_restores_everything_into_a_fresh_store(store: Store) {
+    store
+        .insert_authorities(
+            &[
+                authority("root", None),
+                authority("workloads", Some("root")),
+            ],
+            NOW,
+        )
+        .unwrap();
+    issue_some(&store, 4);
+    store
+        .revoke_by("admin", "workloads", "0001", 1, NOW)
+        .unwrap();
+    store
+        .create_entry(
+            &entry(
+                "e1",
+                "spiffe://example.org/a",
+                "spiffe://example.org/node",
+                vec![sel("unix", "uid:1")],
+            ),
+            NOW,
+        )
+        .unwrap();
+    store
+        .audit_checkpoint("keygrid-audit", "ecdsa-p256", NOW, &|m: &[u8]| {
+            Ok(m.to_vec())
+        })
+        .unwrap();
+    let mut archive = Vec::new();
+    let header = store.backup(&mut archive, NOW, &[]).unwrap();
+    assert_eq!(header.schema_version, store.schema_version().unwrap());
+    let labels: Vec<&str> = header.key_labels.iter().map(|k| k.label.as_str()).collect();
+    assert_eq!(labels, ["keygrid-root-test", "keygrid-workloads-test"]);
+
+    // Restore into a fresh SQLite store (for the PostgreSQL run: across engines).
+    let (h, rows) = Store::read_backup(&mut archive.as_slice()).unwrap();
+    assert_eq!(h, header);
+    let fresh = Store::in_memory().unwrap();
+    fresh.restore(&h, &rows).unwrap();
+    backup::check_restored(&fresh, &h).unwrap();
+    assert_eq!(fresh.authorities().unwrap().len(), 2);
+    assert_eq!(
+        fresh.certificate_count().unwrap(),
+        store.certificate_count().unwrap()
+    );
+    assert_eq!(
+        fresh.revocations(None, 0).unwrap(),
+        store.revocations(None, 0).unwrap()
+    );
+    assert_eq!(fresh.entries(None).unwrap(), store.entries(None).unwrap());
+    assert_eq!(
+        fresh.audit_records(0, 100).unwrap(),
+        store.audit_records(0, 100).unwrap()
+    );
+    let v = fresh.verify_audit(None).unwrap();
+    assert_eq!((v.first_break, v.checkpoints), (None, 1));
+    // The restored store keeps chaining and numbering revocations after the old ones.
+    fresh.revoke("workloads", "0002", 1, NOW).unwrap();
+    assert_eq!(fresh.revocations(None, 0).unwrap().len(), 2);
+    assert_eq!(fresh.verify_audit(None).unwrap().first_break, None);
+
+    // Not into a store that already has data.
+    let err = fresh.restore(&h, &rows).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // A cut or edited archive is refused before anything is written.
+    let text = String::from_utf8(archive.clone()).unwrap();
+    let cut: String = text.lines().take(5).map(|l| format!("{l}\n")).collect();
+    assert!(Store::read_backup(&mut cut.as_bytes()).is_err());
+    let edited = text.replacen("spiffe://example.org/w", "spiffe://example.org/x", 1);
+    let err = Store::read_backup(&mut edited.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("edited"), "{err}");
+}
+
 #[test]
 fn old_events_are_chained_into_the_audit_log_on_upgrade() {
     let dir = tempfile::tempdir().unwrap();
@@ -783,4 +858,5 @@ store_suite!(
     audit_truncation_with_rewound_head_is_caught_by_checkpoint,
     audit_checkpoint_signature_is_checked,
     short_lived_certificates_are_pruned_but_stay_audited,
+    backup_restores_everything_into_a_fresh_store,
 );

@@ -1,0 +1,126 @@
+//! Core's side of the audit log: the checkpoint key in the key backend, periodic signed
+//! checkpoints, verification of checkpoint signatures, and the retention of short-lived
+//! certificate rows. The chain itself lives in the store ([`crate::store::audit`]), which
+//! writes every record in the same transaction as the change it records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keys::{CaSigner, KeyAlgorithm, KeyBackend, KeyError};
+use crate::store::audit::CheckpointVerifier;
+use crate::store::Store;
+
+/// The audit key: signs checkpoints of the chain. Lives in the key backend (the HSM), so
+/// someone with write access to the database alone cannot forge a checkpoint.
+pub struct AuditKey {
+    label: String,
+    signer: Arc<dyn CaSigner>,
+}
+
+/// Checkpoint keys are ECDSA P-256 (fast in SoftHSM2 and real HSMs alike).
+const AUDIT_ALGORITHM: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
+
+impl AuditKey {
+    /// Finds the audit key under `label`, creating it on first start.
+    pub fn load_or_create(backend: &dyn KeyBackend, label: &str) -> Result<Self, KeyError> {
+        let signer = match backend.find(label, AUDIT_ALGORITHM) {
+            Ok(s) => s,
+            Err(KeyError::NotFound { .. }) => {
+                tracing::info!(label, "creating the audit checkpoint key");
+                backend.generate(label, AUDIT_ALGORITHM)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(AuditKey {
+            label: label.to_string(),
+            signer,
+        })
+    }
+
+    /// Finds the existing audit key (for verification; never creates one).
+    pub fn find(backend: &dyn KeyBackend, label: &str) -> Result<Self, KeyError> {
+        Ok(AuditKey {
+            label: label.to_string(),
+            signer: backend.find(label, AUDIT_ALGORITHM)?,
+        })
+    }
+
+    /// The key's label in the backend.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Signs a checkpoint of the current chain head, unless it is already checkpointed.
+    pub fn checkpoint(
+        &self,
+        store: &Store,
+        now: i64,
+    ) -> Result<Option<crate::store::audit::Checkpoint>, crate::store::StoreError> {
+        store.audit_checkpoint(&self.label, self.signer.algorithm().name(), now, &|m| {
+            self.signer.sign(m).map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl CheckpointVerifier for AuditKey {
+    fn verify(&self, label: &str, message: &[u8], signature: &[u8]) -> Result<bool, String> {
+        if label != self.label {
+            return Err(format!(
+                "checkpoint was signed by key {label}, but the audit key is {}",
+                self.label
+            ));
+        }
+        let alg: &'static dyn aws_lc_rs::signature::VerificationAlgorithm =
+            match self.signer.algorithm() {
+                KeyAlgorithm::EcdsaP256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+                KeyAlgorithm::EcdsaP384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
+            };
+        let key = aws_lc_rs::signature::UnparsedPublicKey::new(alg, self.signer.public_key_raw());
+        Ok(key.verify(message, signature).is_ok())
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Signs a checkpoint every `interval` (and does nothing when the head has not moved).
+pub fn spawn_checkpoints(store: Arc<Store>, key: Arc<AuditKey>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (s, k) = (store.clone(), key.clone());
+            match tokio::task::spawn_blocking(move || k.checkpoint(&s, now())).await {
+                Ok(Ok(Some(cp))) => tracing::debug!(seq = cp.seq, "audit checkpoint signed"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint failed"),
+                Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+            }
+        }
+    });
+}
+
+/// Forgets certificate rows of expired X.509-SVIDs older than `retention`, hourly (their
+/// audit records stay), so a large fleet does not grow the store without bound.
+pub fn spawn_svid_retention(store: Arc<Store>, retention: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            let before = now() - retention.as_secs() as i64;
+            match tokio::task::spawn_blocking(move || {
+                s.prune_certificates(crate::issuance::PROFILE_X509_SVID, before)
+            })
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "expired SVID rows pruned"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "SVID retention failed"),
+                Err(e) => tracing::error!(error = %e, "SVID retention task failed"),
+            }
+        }
+    });
+}
