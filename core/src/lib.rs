@@ -22,3 +22,4 @@ pub mod revocation;
 pub mod server;
 pub mod spire_credential;
 pub mod store;
+pub mod store_cli;
