@@ -317,6 +317,15 @@ enum BenchCommand {
         #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
         pkcs11_module: PathBuf,
     },
+    /// Issuance recorded in SQLite and PostgreSQL, with the audit record off and on.
+    Audit {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "10")]
+        seconds: u64,
+        /// Store engines (sqlite, postgres; postgres starts a private server).
+        #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+        engines: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -753,12 +762,20 @@ async fn shutdown_signal() {
 }
 
 fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Issue {
-        seconds,
-        backends,
-        algorithms,
-        pkcs11_module,
-    } = cmd;
+    let (seconds, backends, algorithms, pkcs11_module) = match cmd {
+        BenchCommand::Audit { seconds, engines } => {
+            let results =
+                keygrid_core::bench::run_audit(&engines, Duration::from_secs(seconds.max(1)))?;
+            keygrid_core::bench::print_audit(&results);
+            return Ok(());
+        }
+        BenchCommand::Issue {
+            seconds,
+            backends,
+            algorithms,
+            pkcs11_module,
+        } => (seconds, backends, algorithms, pkcs11_module),
+    };
     let algorithms = algorithms
         .iter()
         .map(|a| {

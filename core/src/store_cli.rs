@@ -103,7 +103,10 @@ pub fn tail(cfg: &CoreConfig, n: i64, follow: bool, out: &mut dyn Write) -> anyh
     if last == 0 {
         last = store.audit_head()?.0;
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(Duration::from_secs(1));
         for r in store.audit_records(last, 1000)? {
             last = r.seq;
@@ -111,7 +114,6 @@ pub fn tail(cfg: &CoreConfig, n: i64, follow: bool, out: &mut dyn Write) -> anyh
         }
         out.flush()?;
     }
-    Ok(())
 }
 
 /// `keygrid backup <file>`: a consistent archive of store and audit. Written to a temporary

@@ -116,6 +116,9 @@ pub struct Verification {
     pub first_break: Option<Break>,
 }
 
+/// Signs checkpoint bytes with the audit key (an error says why it could not).
+pub type CheckpointSigner<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, String>;
+
 /// Checks a checkpoint signature; `Ok(false)` if it does not verify.
 pub trait CheckpointVerifier {
     /// Verifies `signature` over `message` with the key `label`.
@@ -301,7 +304,7 @@ impl Store {
         key_label: &str,
         algorithm: &str,
         now: i64,
-        sign: &dyn Fn(&[u8]) -> Result<Vec<u8>, String>,
+        sign: CheckpointSigner<'_>,
     ) -> Result<Option<Checkpoint>, StoreError> {
         let (seq, hash) = self.audit_head()?;
         if seq == 0 {

@@ -95,6 +95,9 @@ pub struct KeyLabel {
     pub purpose: String,
 }
 
+/// The rows of an archive: table name and values in [`TABLES`] column order.
+pub type BackupRows = Vec<(String, Vec<Value>)>;
+
 #[derive(Serialize, Deserialize)]
 struct Line {
     t: String,
@@ -246,9 +249,7 @@ impl Store {
 
     /// Reads an archive's header and checks the whole archive (format, version, row count,
     /// hash) without changing anything.
-    pub fn read_backup(
-        input: &mut dyn BufRead,
-    ) -> Result<(BackupHeader, Vec<(String, Vec<Value>)>), StoreError> {
+    pub fn read_backup(input: &mut dyn BufRead) -> Result<(BackupHeader, BackupRows), StoreError> {
         let mut lines = input.lines();
         let first = lines
             .next()

@@ -745,7 +745,10 @@ fn upsert_node(tx: &mut dyn Sql, node: &NodeRecord, now: i64) -> Result<(), Stor
     Ok(())
 }
 
-fn insert_certificate(tx: &mut dyn Sql, rec: &CertificateRecord) -> Result<(), StoreError> {
+pub(crate) fn insert_certificate(
+    tx: &mut dyn Sql,
+    rec: &CertificateRecord,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256, issuer_generation) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
