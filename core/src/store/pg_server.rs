@@ -97,36 +97,53 @@ impl PgServer {
             ));
         }
         let port = free_port()?;
-        let log = std::fs::File::create(dir.path().join("postgres.log"))
-            .map_err(|e| format!("log file: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
-        let child = as_server_user(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(dir.path())
-            .args(["-c", "fsync=on", "-c", "max_connections=200"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("postgres: {e}"))?;
+        let child = spawn_server(&bin, dir.path(), port)?;
         let server = PgServer { dir, port, child };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 // Accepting TCP is not yet accepting queries; try a real connection.
-                if server.connect_check("postgres").is_ok() {
-                    return Ok(server);
+                if self.connect_check("postgres").is_ok() {
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(server.dir.path().join("postgres.log"))
+                let log = std::fs::read_to_string(self.dir.path().join("postgres.log"))
                     .unwrap_or_default();
                 return Err(format!("PostgreSQL did not start within 30 s: {log}"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Stops the server (fast shutdown, every connection dropped) and starts it again on
+    /// the same port and data: what a failover or maintenance restart looks like to core.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.child = spawn_server(&find_bin_dir()?, self.dir.path(), self.port)?;
+        self.wait_ready()
+    }
+
+    fn stop(&mut self) {
+        // SIGINT: PostgreSQL's "fast shutdown". We started this process; stop it by its id.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn connect_check(&self, db: &str) -> Result<(), String> {
@@ -211,19 +228,26 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        // SIGINT: PostgreSQL's "fast shutdown". We started this process; stop it by its id.
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+fn spawn_server(bin: &Path, dir: &Path, port: u16) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .map_err(|e| format!("log file: {e}"))?;
+    let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+    as_server_user(&bin.join("postgres"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+        .arg(dir)
+        .args(["-c", "fsync=on", "-c", "max_connections=200"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("postgres: {e}"))
 }

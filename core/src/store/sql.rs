@@ -348,6 +348,19 @@ impl<'a> FromSql<'a> for PgValue {
     }
 }
 
+/// Opens one connection and spawns its I/O task on the current (the pool's) runtime.
+async fn open_connection(
+    config: tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
 /// `?1` → `$1`, leaving string literals alone.
 fn pg_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -423,10 +436,14 @@ impl<C: tokio_postgres::GenericClient + Sync> Sql for Pg<'_, C> {
     }
 }
 
-/// A small pool of PostgreSQL connections whose I/O runs on one dedicated thread.
+/// A small pool of PostgreSQL connections whose I/O runs on one dedicated thread. A
+/// connection found closed (server restart, failover, network cut) is opened again on its
+/// next use; the statement that found it closed fails, the next one works.
 pub struct PgPool {
     slots: Vec<Mutex<PgSlot>>,
     next: AtomicUsize,
+    config: tokio_postgres::Config,
+    runtime: tokio::runtime::Handle,
     // Dropping the sender stops the runtime thread (and closes the connections).
     _stop: std::sync::mpsc::SyncSender<()>,
 }
@@ -436,6 +453,7 @@ impl PgPool {
     pub fn connect(config: tokio_postgres::Config, size: usize) -> Result<Arc<Self>, StoreError> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(0);
+        let pool_config = config.clone();
         std::thread::Builder::new()
             .name("keygrid-postgres".into())
             .spawn(move || {
@@ -455,18 +473,16 @@ impl PgPool {
                 let clients = rt.block_on(async {
                     let mut clients = Vec::with_capacity(size);
                     for _ in 0..size.max(1) {
-                        let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::error!(error = %e, "PostgreSQL connection lost");
-                            }
-                        });
-                        clients.push(client);
+                        clients.push(open_connection(config.clone()).await?);
                     }
                     Ok::<_, tokio_postgres::Error>(clients)
                 });
                 let failed = clients.is_err();
-                let _ = ready_tx.send(clients.map_err(StoreError::from));
+                let _ = ready_tx.send(
+                    clients
+                        .map(|c| (c, rt.handle().clone()))
+                        .map_err(StoreError::from),
+                );
                 if failed {
                     return;
                 }
@@ -481,13 +497,15 @@ impl PgPool {
                     constraint: false,
                 })
             })?;
-        let clients = ready_rx.recv().map_err(|_| {
+        let (clients, runtime) = ready_rx.recv().map_err(|_| {
             StoreError::Db(DbError {
                 message: "the PostgreSQL thread stopped".into(),
                 constraint: false,
             })
         })??;
         Ok(Arc::new(PgPool {
+            config: pool_config,
+            runtime,
             slots: clients
                 .into_iter()
                 .map(|client| {
@@ -502,18 +520,37 @@ impl PgPool {
         }))
     }
 
-    /// A free connection if there is one, else waits for the next in turn.
+    /// A free connection if there is one, else waits for the next in turn; reopened first
+    /// if it was closed.
     fn slot(&self) -> Result<MutexGuard<'_, PgSlot>, StoreError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.slots.len();
+        let mut guard = None;
         for i in 0..n {
             if let Ok(g) = self.slots[(start + i) % n].try_lock() {
-                return Ok(g);
+                guard = Some(g);
+                break;
             }
         }
-        self.slots[start % n]
-            .lock()
-            .map_err(|_| StoreError::Poisoned)
+        let mut g = match guard {
+            Some(g) => g,
+            None => self.slots[start % n]
+                .lock()
+                .map_err(|_| StoreError::Poisoned)?,
+        };
+        if g.client.is_closed() {
+            let task = self.runtime.spawn(open_connection(self.config.clone()));
+            let client = futures::executor::block_on(task).map_err(|e| {
+                StoreError::Db(DbError {
+                    message: format!("PostgreSQL reconnect task: {e}"),
+                    constraint: false,
+                })
+            })??;
+            tracing::info!("PostgreSQL connection reopened");
+            g.client = client;
+            g.statements.clear();
+        }
+        Ok(g)
     }
 
     /// Runs `f` outside a transaction (single statements commit on their own).

@@ -810,6 +810,30 @@ fn old_events_are_chained_into_the_audit_log_on_upgrade() {
     );
 }
 
+#[test]
+fn postgres_store_reconnects_after_a_server_restart() {
+    let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("restart").unwrap();
+    let store = Store::open_postgres(server.config("restart")).unwrap();
+    issue_some(&store, 3);
+    server.restart().unwrap();
+    // Calls that meet a dropped connection fail cleanly; the pool reopens it and the next
+    // ones succeed, continuing the same chain.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    while n < 10 {
+        match store.record_issuance(&cert("workloads", &format!("ff{n:02x}"), "s"), "a") {
+            Ok(()) => n += 1,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no reconnect: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    let v = store.verify_audit(None).unwrap();
+    assert_eq!((v.records, v.first_break), (13, None));
+}
+
 /// Runs each named test against SQLite (one `#[test]` each) and all of them against one
 /// private PostgreSQL server, each in a fresh database.
 macro_rules! store_suite {
