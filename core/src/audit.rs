@@ -124,3 +124,97 @@ pub fn spawn_svid_retention(store: Arc<Store>, retention: Duration) {
         }
     });
 }
+
+/// Records a `config.changed` audit event when the issuance-relevant configuration (policy
+/// rules, CA, workload and node settings, store retention) differs from the one recorded at
+/// the last start, so policy changes made in the file are in the chain too. Returns whether
+/// it recorded one.
+pub fn record_config_change(
+    store: &Store,
+    cfg: &crate::config::CoreConfig,
+) -> Result<bool, crate::store::StoreError> {
+    let relevant = format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        cfg.policy, cfg.ca, cfg.workloads, cfg.nodes, cfg.store.svid_retention
+    );
+    let digest = crate::ca::sha256_hex(relevant.as_bytes());
+    let prefix = format!("configuration sha256 {digest};");
+    let last = store.events("config.changed")?.pop();
+    if last.is_some_and(|e| e.detail.starts_with(&prefix)) {
+        return Ok(false);
+    }
+    store.record_event(&crate::store::EventRecord {
+        at: now(),
+        kind: "config.changed".into(),
+        actor: "keygrid".into(),
+        subject: cfg.trust_domain.clone(),
+        rule: String::new(),
+        detail: format!(
+            "{prefix} {} policy rules: {}",
+            cfg.policy.len(),
+            cfg.policy
+                .iter()
+                .map(|r| format!("{r:?}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    })?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_changes_are_recorded_once_each() {
+        let store = Store::in_memory().unwrap();
+        let base = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n";
+        let cfg = crate::config::CoreConfig::parse(base, std::path::Path::new("/c.toml")).unwrap();
+        assert!(record_config_change(&store, &cfg).unwrap());
+        assert!(!record_config_change(&store, &cfg).unwrap(), "unchanged");
+        let with_policy = format!(
+            "{base}[[policy]]\nname = \"keys\"\nprofiles = [\"*\"]\nallowed_keys = [\"ecdsa-p384\"]\n"
+        );
+        let cfg2 = crate::config::CoreConfig::parse(&with_policy, std::path::Path::new("/c.toml"))
+            .unwrap();
+        assert!(record_config_change(&store, &cfg2).unwrap());
+        let events = store.events("config.changed").unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(
+            events[1].detail.contains("1 policy rules"),
+            "{}",
+            events[1].detail
+        );
+        assert!(events[1].detail.contains("keys"), "{}", events[1].detail);
+    }
+
+    #[test]
+    fn checkpoints_verify_only_with_the_audit_key() {
+        let backend = crate::keys::software::MemoryBackend::default();
+        let key = AuditKey::load_or_create(&backend, "keygrid-audit").unwrap();
+        let store = Store::in_memory().unwrap();
+        store
+            .record_event(&crate::store::EventRecord {
+                at: 1,
+                kind: "k".into(),
+                actor: "a".into(),
+                subject: "s".into(),
+                rule: String::new(),
+                detail: String::new(),
+            })
+            .unwrap();
+        key.checkpoint(&store, 2).unwrap().unwrap();
+        let v = store.verify_audit(Some(&key)).unwrap();
+        assert_eq!((v.checkpoints, v.first_break), (1, None));
+        // Another key of the same label (an attacker's) does not verify it.
+        let other_backend = crate::keys::software::MemoryBackend::default();
+        let other = AuditKey::load_or_create(&other_backend, "keygrid-audit").unwrap();
+        let b = store
+            .verify_audit(Some(&other))
+            .unwrap()
+            .first_break
+            .unwrap();
+        assert!(b.reason.contains("signature"), "{b}");
+    }
+}

@@ -102,6 +102,9 @@ pub async fn run(
         .context("cannot open the HSM token")?;
     let store = Arc::new(open_store(&cfg)?);
     tracing::info!(store = %cfg.store_description(), "store opened");
+    if crate::audit::record_config_change(&store, &cfg)? {
+        tracing::info!("configuration changed since the last start; recorded in the audit log");
+    }
     let audit_key = {
         let (token, label) = (token.clone(), cfg.audit.key_label.clone());
         Arc::new(

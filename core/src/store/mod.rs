@@ -550,6 +550,16 @@ impl Store {
     /// Creates a registration entry. The same (spiffe_id, parent_id, selectors) twice is a
     /// conflict, as in SPIRE.
     pub fn create_entry(&self, e: &EntryRecord, now: i64) -> Result<(), StoreError> {
+        self.create_entry_by("admin", e, now)
+    }
+
+    /// [`Store::create_entry`] on behalf of `actor` (recorded in the audit log).
+    pub fn create_entry_by(
+        &self,
+        actor: &str,
+        e: &EntryRecord,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let selectors = canonical_selectors(&e.selectors)?;
         let dns =
             serde_json::to_string(&e.dns_names).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -565,7 +575,7 @@ impl Store {
                 &audit::AuditEvent {
                     at: now,
                     kind: "entry.created".into(),
-                    actor: "admin".into(),
+                    actor: actor.into(),
                     subject: e.spiffe_id.clone(),
                     detail: format!(
                         "entry {} for parent {} selectors {selectors} dns {dns} ttl {}",
@@ -608,6 +618,11 @@ impl Store {
 
     /// Deletes an entry; `NotFound` if there was none.
     pub fn delete_entry(&self, id: &str) -> Result<(), StoreError> {
+        self.delete_entry_by("admin", id)
+    }
+
+    /// [`Store::delete_entry`] on behalf of `actor` (recorded in the audit log).
+    pub fn delete_entry_by(&self, actor: &str, id: &str) -> Result<(), StoreError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         self.write(|tx| {
             let row = tx.query_opt("SELECT spiffe_id FROM entries WHERE id = ?1", args![id])?;
@@ -621,7 +636,7 @@ impl Store {
                 &audit::AuditEvent {
                     at: now,
                     kind: "entry.deleted".into(),
-                    actor: "admin".into(),
+                    actor: actor.into(),
                     subject: spiffe_id,
                     detail: format!("entry {id}"),
                     ..Default::default()
@@ -641,6 +656,19 @@ impl Store {
         expires_at: i64,
         now: i64,
     ) -> Result<(), StoreError> {
+        self.create_join_token_by("admin", token_sha256, agent_id, expires_at, now)
+    }
+
+    /// [`Store::create_join_token`] on behalf of `actor` (recorded in the audit log; the
+    /// token and its hash are not).
+    pub fn create_join_token_by(
+        &self,
+        actor: &str,
+        token_sha256: &str,
+        agent_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO join_tokens (token_sha256, agent_id, expires_at, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -652,7 +680,7 @@ impl Store {
                 &audit::AuditEvent {
                     at: now,
                     kind: "join_token.created".into(),
-                    actor: "admin".into(),
+                    actor: actor.into(),
                     subject: agent_id.to_string(),
                     detail: format!("expires at {expires_at}"),
                     ..Default::default()
