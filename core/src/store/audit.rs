@@ -360,6 +360,9 @@ impl Store {
         &self,
         verifier: Option<&dyn CheckpointVerifier>,
     ) -> Result<Verification, StoreError> {
+        // Checkpoints first, then the head: every checkpoint read is at or below the head
+        // read, even while core keeps appending. Records appended after the head was read
+        // are left for the next verification.
         let checkpoints = self.audit_checkpoints()?;
         let (head_seq, head_hash) = self.audit_head()?;
         let mut cps = checkpoints.iter().peekable();
@@ -368,8 +371,9 @@ impl Store {
         let mut checked_cps = 0;
         let brk = |seq: i64, reason: String| Some(Break { seq, reason });
         let mut first_break = None;
-        'walk: loop {
-            let page = self.audit_records(expected_seq - 1, PAGE)?;
+        'walk: while expected_seq <= head_seq {
+            let page =
+                self.audit_records(expected_seq - 1, PAGE.min(head_seq - expected_seq + 1))?;
             if page.is_empty() {
                 break;
             }
@@ -384,7 +388,7 @@ impl Store {
                 if r.prev_hash != prev {
                     first_break = brk(
                         r.seq,
-                        "does not follow its predecessor (previous hash differs)".into(),
+                        "does not follow its predecessor (previous hash differs; deleted, moved or edited)".into(),
                     );
                     break 'walk;
                 }
@@ -427,13 +431,15 @@ impl Store {
                         cp.seq
                     ),
                 );
-            } else if head_seq != records || head_hash != prev {
+            } else if records < head_seq {
                 first_break = brk(
                     records + 1,
                     format!(
                         "missing: the log ends at {records} but the chain head is at {head_seq} (truncated)"
                     ),
                 );
+            } else if head_hash != prev {
+                first_break = brk(head_seq, "differs from the chain head's hash".into());
             }
         }
         Ok(Verification {

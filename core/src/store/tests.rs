@@ -641,6 +641,34 @@ fn audit_truncation_with_rewound_head_is_caught_by_checkpoint(store: Store) {
     assert!(b.reason.contains("checkpoint"), "{b}");
 }
 
+fn audit_verifies_while_core_keeps_appending(store: Store) {
+    let store = std::sync::Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                store
+                    .record_issuance(&cert("nodes", &format!("c{i:04x}"), "s"), "a")
+                    .unwrap();
+                if i % 50 == 0 {
+                    store
+                        .audit_checkpoint("k", "none", NOW, &|m: &[u8]| Ok(m.to_vec()))
+                        .unwrap();
+                }
+            }
+        })
+    };
+    let mut verified = 0;
+    while !writer.is_finished() {
+        let v = store.verify_audit(None).unwrap();
+        assert_eq!(v.first_break, None, "{v:?}");
+        verified += 1;
+    }
+    writer.join().unwrap();
+    assert!(verified > 0);
+    assert_eq!(store.verify_audit(None).unwrap().records, 300);
+}
+
 fn issue_some_more(store: &Store) {
     store
         .record_issuance(&cert("nodes", "ff01", "spiffe://example.org/n"), "x")
@@ -883,4 +911,5 @@ store_suite!(
     audit_checkpoint_signature_is_checked,
     short_lived_certificates_are_pruned_but_stay_audited,
     backup_restores_everything_into_a_fresh_store,
+    audit_verifies_while_core_keeps_appending,
 );
