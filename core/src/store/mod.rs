@@ -11,7 +11,19 @@
 //!
 //! `Store` is the one interface the rest of core uses. Its queries are written once, in
 //! portable SQL, over the small runner in [`sql`] (see there for how PostgreSQL is driven
-//! from synchronous code); only migrations differ per engine ([`migrations`]).
+//! from synchronous code); only migrations differ per engine (`migrations.rs`).
+//!
+//! ## Adding store code
+//! Put it in an `impl Store` block in its own file (like `jwt_keys.rs`). Reads go through
+//! `self.read(|c| c.query(sql, args![...]))`, writes through `self.write(|tx| ...)` (one
+//! transaction; return `Err` to roll back). Rows come back as [`sql::Row`]s: `r.get(i)?`.
+//! Placeholders are `?1`, `?2`; use `INSERT ... ON CONFLICT DO NOTHING` (not `INSERT OR
+//! IGNORE`), `RETURNING` (not `last_insert_rowid`), `CASE` (not boolean columns), and
+//! compute arithmetic on parameters in Rust. Map unique violations with `conflict_or`. If
+//! the change is worth auditing, call `audit::append(tx, ...)` in the same transaction. A
+//! schema change is one entry at the end of each of `MIGRATIONS` (SQLite) and
+//! `PG_MIGRATIONS` (PostgreSQL, `BIGINT`/`BYTEA`) with the same version number, and a new
+//! table also goes into `backup::TABLES`.
 
 pub mod audit;
 pub mod backup;

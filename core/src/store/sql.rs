@@ -3,7 +3,7 @@
 //!
 //! Queries are written once, in plain portable SQL with `?1`, `?2` placeholders, INTEGER /
 //! TEXT / BLOB values and no engine-only functions; parameters are typed [`Value`]s (built
-//! with the [`args!`] macro) and rows come back as [`Row`]s of `Value`s. For PostgreSQL the
+//! with the `args!` macro) and rows come back as [`Row`]s of `Value`s. For PostgreSQL the
 //! placeholders are rewritten to `$1`, `$2` once per statement and the prepared statement is
 //! cached per connection.
 //!
