@@ -287,6 +287,14 @@ pub async fn run(
     b.context("admin API server failed")?;
     c?;
     let _ = std::fs::remove_file(&admin_path);
+    // A last checkpoint, so the chain as this core leaves it is signed.
+    let (s, k) = (store.clone(), audit_key.clone());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match tokio::task::spawn_blocking(move || k.checkpoint(&s, now)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "final audit checkpoint failed"),
+        Err(e) => tracing::error!(error = %e, "final audit checkpoint task failed"),
+    }
     tracing::info!("keygrid core stopped");
     Ok(())
 }
