@@ -137,7 +137,12 @@ enum CertCommand {
 enum AuditCommand {
     /// Check the whole chain and every signed checkpoint; exits 1 naming the first bad
     /// record by sequence number.
-    Verify,
+    Verify {
+        /// Check a file written by `keygrid audit export` instead of the store (links and
+        /// hashes; no checkpoints). Needs no configuration.
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
     /// Write records as JSON lines (for a SIEM), oldest first.
     Export {
         /// From when: RFC 3339 time, Unix seconds, or a duration back from now (`24h`).
@@ -808,12 +813,48 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
 fn store_command(cmd: Command) -> anyhow::Result<()> {
     use keygrid_core::store_cli;
     match cmd {
+        Command::Audit {
+            command: AuditCommand::Verify { export: Some(file) },
+            ..
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let mut records = Vec::new();
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                records.push(
+                    serde_json::from_str::<keygrid_core::store::audit::AuditRecord>(line)
+                        .with_context(|| format!("{} line {}", file.display(), i + 1))?,
+                );
+            }
+            match keygrid_core::store::audit::verify_exported(&records) {
+                None => {
+                    println!(
+                        "exported audit records intact: {} records{}",
+                        records.len(),
+                        records
+                            .first()
+                            .map(|r| format!(" from {}", r.seq))
+                            .unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Some(b) => Err(anyhow::anyhow!(
+                    "exported audit records broken at record {}: {}",
+                    b.seq,
+                    b.reason
+                )),
+            }
+        }
         Command::Audit { command, config } => {
             let config = config
                 .ok_or_else(|| anyhow::anyhow!("`keygrid audit` needs --config <core.toml>"))?;
             let cfg = CoreConfig::load(&config)?;
             match command {
-                AuditCommand::Verify => {
+                AuditCommand::Verify { .. } => {
                     let v = store_cli::verify(&cfg)?;
                     match v.first_break {
                         None => {

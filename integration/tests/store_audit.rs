@@ -76,6 +76,13 @@ struct Core {
 impl Core {
     /// Writes a configuration in `dir` (store section given as TOML) and starts core.
     fn start(hsm: &Hsm, dir: &Path, store_toml: &str) -> Self {
+        let mut core = Self::configure(hsm, dir, store_toml);
+        core.restart();
+        core
+    }
+
+    /// Writes the configuration only (for store commands on a core that is not running).
+    fn configure(hsm: &Hsm, dir: &Path, store_toml: &str) -> Self {
         std::fs::create_dir_all(dir).expect("core dir");
         let config = dir.join("core.toml");
         std::fs::write(
@@ -92,15 +99,13 @@ impl Core {
             ),
         )
         .expect("core config");
-        let mut core = Core {
+        Core {
             admin: dir.join("data/admin.sock"),
             log: dir.join("core.log"),
             config,
             hsm_conf: hsm.conf(),
             child: None,
-        };
-        core.restart();
-        core
+        }
     }
 
     fn restart(&mut self) {
@@ -326,6 +331,51 @@ async fn two_cores_on_one_postgres_issue_into_one_unbroken_chain() {
             "no checkpoint verified: {text}"
         );
     }
+
+    // The export verifies on its own (as a SIEM would check it), and an edit in it shows.
+    let export = root.path().join("audit.jsonl");
+    let out = a.cli(&[
+        "audit",
+        "export",
+        "--output",
+        export.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.cli(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&export).expect("export");
+    let line = text.lines().nth(99).expect("record 100");
+    std::fs::write(
+        &export,
+        text.replacen(
+            line,
+            &line.replacen("certificate.issued", "certificate.revoked", 1),
+            1,
+        ),
+    )
+    .expect("write");
+    let out = a.cli(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken at record 100:"), "{err}");
 
     // Tampering behind core's back is found and named.
     let victim = seqs.len() as i64 / 2;
@@ -578,4 +628,54 @@ async fn disaster_recovery_restores_the_same_trust_and_agents_carry_on() {
         "the new SVID came from the restored core"
     );
     drop(env);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_a_damaged_archive_and_an_hsm_without_the_keys() {
+    let hsm = Hsm::new();
+    let root = tempfile::tempdir().expect("temp dir");
+    let core = Core::start(&hsm, &root.path().join("old"), "");
+    assert_eq!(issue(&core.admin, 1, 3, "x").await.len(), 3);
+    let archive = root.path().join("backup.kgb");
+    let out = core.cli(&["backup", archive.to_str().expect("utf-8 path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(core);
+
+    // A new core on another (empty) token: the keys the archive needs are not there.
+    let other = Hsm::new();
+    let fresh = Core::configure(&other, &root.path().join("new"), "");
+    let out = fresh.cli(&["restore", archive.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lacks keys") && err.contains("keygrid-audit"),
+        "{err}"
+    );
+
+    // A cut archive is refused before anything is written, even with the right token.
+    let text = std::fs::read_to_string(&archive).expect("archive");
+    let cut = root.path().join("cut.kgb");
+    let half: String = text
+        .lines()
+        .take(text.lines().count() / 2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cut, half).expect("write");
+    let same = Core::configure(&hsm, &root.path().join("same"), "");
+    let out = same.cli(&["restore", cut.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("truncated"), "{err}");
+    // The whole archive then restores there, and the chain verifies.
+    let out = same.cli(&["restore", archive.to_str().expect("utf-8 path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify_ok(&same);
 }

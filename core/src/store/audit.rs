@@ -25,7 +25,7 @@
 //! backend (the HSM), which the attacker does not have: a rewritten or truncated chain no
 //! longer matches the last checkpoint.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::sql::{args, Row, Sql};
 use super::{Store, StoreError};
@@ -37,7 +37,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const AUDIT_KEY_LABEL: &str = "keygrid-audit";
 
 /// What is being recorded (everything but the chain fields).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// When, Unix seconds.
     pub at: i64,
@@ -59,7 +59,7 @@ pub struct AuditEvent {
 }
 
 /// One record of the chain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Position in the chain, from 1, without gaps.
     pub seq: i64,
@@ -146,6 +146,45 @@ pub fn record_hash(prev_hash: &str, seq: i64, e: &AuditEvent) -> String {
         buf.extend_from_slice(field.as_bytes());
     }
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf))
+}
+
+/// Checks an exported run of records (`keygrid audit export`) on its own: consecutive
+/// sequence numbers, each record's hash, each link. The first record's `prev_hash` is the
+/// anchor (it must be [`GENESIS`] when the run starts at record 1). Returns the first
+/// break, if any.
+pub fn verify_exported(records: &[AuditRecord]) -> Option<Break> {
+    let mut prev: Option<&AuditRecord> = None;
+    for r in records {
+        match prev {
+            None if r.seq == 1 && r.prev_hash != GENESIS => {
+                return Some(Break {
+                    seq: 1,
+                    reason: "the first record does not start from the genesis hash".into(),
+                })
+            }
+            Some(p) if r.seq != p.seq + 1 => {
+                return Some(Break {
+                    seq: p.seq + 1,
+                    reason: format!("missing (the next record present is {})", r.seq),
+                })
+            }
+            Some(p) if r.prev_hash != p.hash => {
+                return Some(Break {
+                    seq: r.seq,
+                    reason: "does not follow its predecessor (previous hash differs)".into(),
+                })
+            }
+            _ => {}
+        }
+        if record_hash(&r.prev_hash, r.seq, &r.event) != r.hash {
+            return Some(Break {
+                seq: r.seq,
+                reason: "content does not match its hash (edited or moved)".into(),
+            });
+        }
+        prev = Some(r);
+    }
+    None
 }
 
 /// The bytes a checkpoint signature covers.
