@@ -102,18 +102,25 @@ pub async fn run(
         .context("cannot open the HSM token")?;
     let store = Arc::new(open_store(&cfg)?);
     tracing::info!(store = %cfg.store_description(), "store opened");
-    if crate::audit::record_config_change(&store, &cfg)? {
-        tracing::info!("configuration changed since the last start; recorded in the audit log");
-    }
-    let audit_key = {
-        let (token, label) = (token.clone(), cfg.audit.key_label.clone());
-        Arc::new(
-            tokio::task::spawn_blocking(move || {
-                crate::audit::AuditKey::load_or_create(&token, &label)
+    // Replicas starting together take turns here, so keys and the hierarchy are created
+    // once (`Store::exclusive`).
+    let (audit_key, hierarchy, created) = {
+        let (store, token, cfg2) = (store.clone(), token.clone(), cfg.clone());
+        tokio::task::spawn_blocking(move || {
+            store.exclusive(|| -> anyhow::Result<_> {
+                if crate::audit::record_config_change(&store, &cfg2)? {
+                    tracing::info!(
+                        "configuration changed since the last start; recorded in the audit log"
+                    );
+                }
+                let key = crate::audit::AuditKey::load_or_create(&token, &cfg2.audit.key_label)
+                    .context("cannot load or create the audit checkpoint key")?;
+                let (h, created) =
+                    Hierarchy::init_or_load(&store, &token, &cfg2.hierarchy_settings())?;
+                Ok((Arc::new(key), h, created))
             })
-            .await?
-            .context("cannot load or create the audit checkpoint key")?,
-        )
+        })
+        .await??
     };
     crate::audit::spawn_checkpoints(
         store.clone(),
@@ -121,13 +128,6 @@ pub async fn run(
         cfg.audit.checkpoint_interval,
     );
     crate::audit::spawn_svid_retention(store.clone(), cfg.store.svid_retention);
-    let settings = cfg.hierarchy_settings();
-    let (hierarchy, created) = {
-        let store = store.clone();
-        let token = token.clone();
-        tokio::task::spawn_blocking(move || Hierarchy::init_or_load(&store, &token, &settings))
-            .await??
-    };
     if created {
         tracing::info!(trust_domain = %cfg.trust_domain, "created a new CA hierarchy");
     }
@@ -169,7 +169,9 @@ pub async fn run(
     let jwt = {
         let (store, token, alg) = (store.clone(), token.clone(), cfg.workloads.jwt_algorithm);
         let (jwt, created) = tokio::task::spawn_blocking(move || {
-            crate::jwt::JwtIssuer::init_or_load(&store, &token, alg)
+            store.exclusive(|| -> anyhow::Result<_> {
+                Ok(crate::jwt::JwtIssuer::init_or_load(&store, &token, alg)?)
+            })
         })
         .await?
         .context("cannot load or create the JWT-SVID signing key")?;

@@ -109,6 +109,11 @@ impl Core {
     }
 
     fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.admin);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -125,6 +130,9 @@ impl Core {
             .spawn()
             .expect("start keygrid serve");
         self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) {
         let start = Instant::now();
         while !self.admin.exists() {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -282,9 +290,19 @@ async fn two_cores_on_one_postgres_issue_into_one_unbroken_chain() {
         "[store]\nengine = \"postgres\"\nurl = \"{}\"\n",
         pg.url("keygrid")
     );
-    // The first core creates the hierarchy and the audit key; the second loads them.
-    let a = Core::start(&hsm, &root.path().join("a"), &store);
-    let b = Core::start(&hsm, &root.path().join("b"), &store);
+    // Both start at the same moment: one creates the hierarchy and the keys, the other
+    // waits for it and loads them.
+    let mut a = Core::configure(&hsm, &root.path().join("a"), &store);
+    let mut b = Core::configure(&hsm, &root.path().join("b"), &store);
+    a.spawn();
+    b.spawn();
+    a.wait_ready();
+    b.wait_ready();
+    let created = [&a, &b]
+        .iter()
+        .filter(|c| c.log().contains("created a new CA hierarchy"))
+        .count();
+    assert_eq!(created, 1, "exactly one core creates the hierarchy");
 
     const TASKS: usize = 4;
     const PER_TASK: usize = 300;

@@ -301,6 +301,29 @@ impl Store {
         }
     }
 
+    /// Runs `f` while no other core process sharing this store runs its own `exclusive`
+    /// section: replicas starting at the same moment create the hierarchy, the audit key
+    /// and the JWT key once, not twice. On PostgreSQL an advisory lock held by a
+    /// transaction on one pooled connection (`f`'s own store calls use the others); SQLite
+    /// serves one process, so there `f` just runs. `f` may be slow (HSM key generation).
+    pub fn exclusive<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce() -> Result<R, E>,
+    ) -> Result<R, E> {
+        match &self.backend {
+            Backend::Sqlite(_) => f(),
+            Backend::Postgres(pool) => {
+                let mut out = None;
+                pool.transaction(|tx| {
+                    tx.batch("SELECT pg_advisory_xact_lock(7262737302)")?;
+                    out = Some(f());
+                    Ok(())
+                })?;
+                out.unwrap_or_else(|| Err(StoreError::Poisoned.into()))
+            }
+        }
+    }
+
     /// The schema version this build migrates databases to.
     pub fn latest_schema_version() -> i64 {
         migrations::latest(Engine::Sqlite)
