@@ -864,6 +864,48 @@ fn old_events_are_chained_into_the_audit_log_on_upgrade() {
 }
 
 #[test]
+fn backup_from_sqlite_restores_into_postgres() {
+    let sqlite = Store::in_memory().unwrap();
+    sqlite
+        .insert_authorities(
+            &[
+                authority("root", None),
+                authority("workloads", Some("root")),
+            ],
+            NOW,
+        )
+        .unwrap();
+    issue_some(&sqlite, 4);
+    sqlite
+        .revoke_by("admin", "workloads", "0001", 1, NOW)
+        .unwrap();
+    sqlite
+        .revoke_by("admin", "workloads", "0003", 4, NOW)
+        .unwrap();
+    let mut archive = Vec::new();
+    sqlite.backup(&mut archive, NOW, &[]).unwrap();
+
+    let server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("restored").unwrap();
+    let pg = Store::open_postgres(server.config("restored")).unwrap();
+    let (h, rows) = Store::read_backup(&mut archive.as_slice()).unwrap();
+    pg.restore(&h, &rows).unwrap();
+    backup::check_restored(&pg, &h).unwrap();
+    assert_eq!(
+        pg.revocations(None, 0).unwrap(),
+        sqlite.revocations(None, 0).unwrap()
+    );
+    assert_eq!(
+        pg.audit_records(0, 100).unwrap(),
+        sqlite.audit_records(0, 100).unwrap()
+    );
+    // New revocations continue the sequence after the restored ones.
+    let next = pg.revoke("workloads", "0002", 1, NOW).unwrap();
+    assert_eq!(next.seq, 3);
+    assert_eq!(pg.verify_audit(None).unwrap().first_break, None);
+}
+
+#[test]
 fn postgres_store_reconnects_after_a_server_restart() {
     let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     server.create_database("restart").unwrap();
