@@ -236,12 +236,14 @@ pub(crate) fn append(tx: &mut dyn Sql, e: &AuditEvent) -> Result<i64, StoreError
     let seq: i64 = head.get(0)?;
     let prev: String = head.get(1)?;
     let hash = record_hash(&prev, seq, e);
-    tx.execute(
-        "INSERT INTO audit_log (seq, at, kind, actor, subject, rule, serial, fingerprint, detail, prev_hash, hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        args![seq, e.at, e.kind, e.actor, e.subject, e.rule, e.serial, e.fingerprint, e.detail, prev, hash],
-    )?;
-    tx.execute("UPDATE audit_head SET hash = ?1 WHERE id = 1", args![hash])?;
+    tx.execute_pipelined(&[
+        (
+            "INSERT INTO audit_log (seq, at, kind, actor, subject, rule, serial, fingerprint, detail, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            args![seq, e.at, e.kind, e.actor, e.subject, e.rule, e.serial, e.fingerprint, e.detail, prev, hash],
+        ),
+        ("UPDATE audit_head SET hash = ?1 WHERE id = 1", args![hash]),
+    ])?;
     Ok(seq)
 }
 

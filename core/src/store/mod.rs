@@ -214,12 +214,15 @@ impl Store {
     /// starting at once by an advisory lock).
     pub fn open_postgres(config: tokio_postgres::Config) -> Result<Self, StoreError> {
         let pool = PgPool::connect(config, PG_POOL_SIZE)?;
-        pool.transaction(migrations::apply)?;
-        let store = Store {
+        // One transaction under the migration lock: replicas starting together neither
+        // migrate nor chain old events twice.
+        pool.transaction(|tx| {
+            migrations::apply(tx)?;
+            audit::ensure_head(tx)
+        })?;
+        Ok(Store {
             backend: Backend::Postgres(pool),
-        };
-        store.write(audit::ensure_head)?;
-        Ok(store)
+        })
     }
 
     /// An in-memory store, for unit tests.
@@ -235,8 +238,10 @@ impl Store {
         let store = Store {
             backend: Backend::Sqlite(Mutex::new(conn)),
         };
-        store.write(migrations::apply)?;
-        store.write(audit::ensure_head)?;
+        store.write(|tx| {
+            migrations::apply(tx)?;
+            audit::ensure_head(tx)
+        })?;
         Ok(store)
     }
 

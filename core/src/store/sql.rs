@@ -221,6 +221,16 @@ pub trait Sql {
     /// Runs several statements without parameters (migrations).
     fn batch(&mut self, sql: &str) -> Result<(), StoreError>;
 
+    /// Runs several statements in order, all or none of their effects kept by the caller's
+    /// transaction. On PostgreSQL they are pipelined (sent together, one round trip); on
+    /// SQLite they simply run one after the other.
+    fn execute_pipelined(&mut self, stmts: &[(&str, &[Value])]) -> Result<(), StoreError> {
+        for (sql, args) in stmts {
+            self.execute(sql, args)?;
+        }
+        Ok(())
+    }
+
     /// At most one row.
     fn query_opt(&mut self, sql: &str, args: &[Value]) -> Result<Option<Row>, StoreError> {
         Ok(self.query(sql, args)?.into_iter().next())
