@@ -184,3 +184,105 @@ pub fn print(results: &[BenchResult]) {
         );
     }
 }
+
+/// One row of `keygrid bench audit`: issuance into one store engine with and without the
+/// audit record.
+#[derive(Clone, Debug)]
+pub struct AuditBenchResult {
+    /// `sqlite` (file, synchronous=FULL) or `postgres` (private server, fsync on).
+    pub engine: &'static str,
+    /// SVIDs issued and recorded per second, certificate row only (audit off).
+    pub audit_off_per_sec: f64,
+    /// The same with the hash-chained audit record in the same transaction (audit on).
+    pub audit_on_per_sec: f64,
+}
+
+fn measure_audit(
+    store: &Store,
+    engine: &'static str,
+    duration: Duration,
+) -> anyhow::Result<AuditBenchResult> {
+    let keys = MemoryBackend::default();
+    let settings = HierarchySettings::new(
+        "bench.keygrid.local",
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP256,
+    );
+    let (h, _) = Hierarchy::init_or_load(store, &keys, &settings)?;
+    let ca = h.workloads();
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&leaf_key)?;
+    let parsed = rcgen::CertificateSigningRequestParams::from_der(csr.der())?;
+    let id = "spiffe://bench.keygrid.local/ns/bench/sa/bench";
+    let ttl = Duration::from_secs(300);
+    let sign = || -> anyhow::Result<crate::store::CertificateRecord> {
+        let params = profiles::x509_svid(id, &[])?;
+        let issued = ca.sign(
+            params,
+            &parsed.public_key,
+            ttl,
+            time::OffsetDateTime::now_utc(),
+        )?;
+        Ok(issued.record(&ca, crate::issuance::PROFILE_X509_SVID, id))
+    };
+    let mut off = || -> anyhow::Result<()> {
+        let rec = sign()?;
+        store.write(|tx| crate::store::insert_certificate(tx, &rec))?;
+        Ok(())
+    };
+    let mut on = || -> anyhow::Result<()> {
+        let rec = sign()?;
+        store.record_issuance(&rec, "spiffe://bench.keygrid.local/node")?;
+        Ok(())
+    };
+    let [off, on] = interleaved(duration, &mut [&mut off, &mut on])?;
+    Ok(AuditBenchResult {
+        engine,
+        audit_off_per_sec: off,
+        audit_on_per_sec: on,
+    })
+}
+
+/// `keygrid bench audit`: single-threaded SVID issuance (software P-256 key) recorded in
+/// an on-disk SQLite store and in a private PostgreSQL server, each with the audit record
+/// off and on, interleaved in one run.
+pub fn run_audit(engines: &[String], duration: Duration) -> anyhow::Result<Vec<AuditBenchResult>> {
+    let mut out = Vec::new();
+    for engine in engines {
+        match engine.as_str() {
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let store = Store::open(&dir.path().join("bench.db"))?;
+                out.push(measure_audit(&store, "sqlite", duration)?);
+            }
+            "postgres" => {
+                let server =
+                    crate::store::pg_server::PgServer::start().map_err(anyhow::Error::msg)?;
+                server
+                    .create_database("bench")
+                    .map_err(anyhow::Error::msg)?;
+                let store = Store::open_postgres(server.config("bench"))?;
+                out.push(measure_audit(&store, "postgres", duration)?);
+            }
+            other => anyhow::bail!("unknown engine {other:?}; use sqlite or postgres"),
+        }
+    }
+    Ok(out)
+}
+
+/// Prints `keygrid bench audit` results as a Markdown table.
+pub fn print_audit(results: &[AuditBenchResult]) {
+    println!(
+        "| store | audit off: issue+record/s | audit on: issue+record+audit/s | cost of audit |"
+    );
+    println!("|---|---:|---:|---:|");
+    for r in results {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.1}% |",
+            r.engine,
+            r.audit_off_per_sec,
+            r.audit_on_per_sec,
+            100.0 * (1.0 - r.audit_on_per_sec / r.audit_off_per_sec)
+        );
+    }
+}

@@ -47,6 +47,12 @@ pub struct CoreConfig {
     /// every workload with the own one.
     #[serde(default)]
     pub federation: Vec<crate::federation::FederationConfig>,
+    /// Where the store lives: embedded SQLite (default) or PostgreSQL.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The tamper-evident audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Environment variable that carries the software backend's key-encryption key; it wins over
@@ -84,6 +90,71 @@ pub struct IssuerOverride {
     pub backend: BackendChoice,
     /// Key algorithm for this issuer's new generations (default `ca.issuer_algorithm`).
     pub algorithm: Option<KeyAlgorithm>,
+}
+
+/// Store engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    /// Embedded SQLite file; zero setup, one core process.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server; several core replicas may share it.
+    Postgres,
+}
+
+/// The `[store]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (default) or `postgres`.
+    pub engine: StoreEngine,
+    /// SQLite database file; defaults to `<data_dir>/keygrid.db`.
+    pub path: Option<PathBuf>,
+    /// PostgreSQL connection URL without the password, e.g.
+    /// `postgres://keygrid@db.example:5432/keygrid`.
+    pub url: Option<String>,
+    /// File whose first line is the PostgreSQL password (wins over `password_env`).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the PostgreSQL password, if set.
+    pub password_env: String,
+    /// How long certificate rows of short-lived X.509-SVIDs are kept after they expire;
+    /// their audit records are kept for good. Long-lived certificates are always kept.
+    #[serde(with = "humantime_serde")]
+    pub svid_retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            engine: StoreEngine::Sqlite,
+            path: None,
+            url: None,
+            password_file: None,
+            password_env: "KEYGRID_STORE_PASSWORD".into(),
+            svid_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The `[audit]` section.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often core signs a checkpoint of the audit chain with the audit key.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Label of the audit checkpoint key in the HSM (created on first start).
+    pub key_label: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_interval: Duration::from_secs(60),
+            key_label: crate::store::audit::AUDIT_KEY_LABEL.into(),
+        }
+    }
 }
 
 /// The HTTP listener: OCSP responder, CRLs, CA certificates. Off unless `listen` is set.
@@ -488,6 +559,34 @@ impl CoreConfig {
                 }
             }
         }
+        if let (Some(p), Some(base)) = (&cfg.store.path, path.parent()) {
+            if p.is_relative() {
+                cfg.store.path = Some(base.join(p));
+            }
+        }
+        match cfg.store.engine {
+            StoreEngine::Sqlite if cfg.store.url.is_some() => {
+                return Err(invalid(
+                    "store.url is set but store.engine is sqlite; set engine = \"postgres\"".into(),
+                ))
+            }
+            StoreEngine::Postgres => {
+                let url =
+                    cfg.store.url.as_deref().ok_or_else(|| {
+                        invalid("store.engine = \"postgres\" needs store.url".into())
+                    })?;
+                let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+                    // The URL is not echoed: it might hold a password after all.
+                    invalid(format!("store.url is not a PostgreSQL URL: {e}"))
+                })?;
+                if pg.get_password().is_some() {
+                    return Err(invalid(
+                        "store.url must not hold the password; use store.password_file or store.password_env".into(),
+                    ));
+                }
+            }
+            StoreEngine::Sqlite => {}
+        }
         Ok(cfg)
     }
 
@@ -567,7 +666,43 @@ impl CoreConfig {
 
     /// The SQLite database path.
     pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("keygrid.db")
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keygrid.db"))
+    }
+
+    /// Where the store is, with the PostgreSQL password read from its file or variable.
+    pub fn store_location(&self) -> Result<crate::store::StoreLocation, String> {
+        match self.store.engine {
+            StoreEngine::Sqlite => Ok(crate::store::StoreLocation::Sqlite(self.database_path())),
+            StoreEngine::Postgres => {
+                let url = self.store.url.as_deref().unwrap_or_default();
+                let mut pg: tokio_postgres::Config = url
+                    .parse()
+                    .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
+                if let Some(file) = &self.store.password_file {
+                    let text = std::fs::read_to_string(file).map_err(|e| {
+                        format!("cannot read store password file {}: {e}", file.display())
+                    })?;
+                    pg.password(text.lines().next().unwrap_or("").trim());
+                } else if let Ok(pw) = std::env::var(&self.store.password_env) {
+                    pg.password(pw);
+                }
+                pg.application_name("keygrid");
+                Ok(crate::store::StoreLocation::Postgres(Box::new(pg)))
+            }
+        }
+    }
+
+    /// A human-readable description of the store location, without secrets.
+    pub fn store_description(&self) -> String {
+        match self.store.engine {
+            StoreEngine::Sqlite => format!("sqlite {}", self.database_path().display()),
+            StoreEngine::Postgres => {
+                format!("postgres {}", self.store.url.as_deref().unwrap_or_default())
+            }
+        }
     }
 
     /// Where core publishes the trust bundle (PEM) for bootstrapping agents.
@@ -705,6 +840,32 @@ mod tests {
         assert!(e.contains("rsa-2048"), "{e}");
         let e = err("[workloads]\njwt_algorithm = \"ed25519\"\n");
         assert!(e.contains("ES256"), "{e}");
+    }
+
+    #[test]
+    fn store_section_chooses_the_engine_and_keeps_passwords_out_of_the_url() {
+        let base = "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n";
+        let cfg = CoreConfig::parse(base, Path::new("/etc/keygrid/core.toml")).unwrap();
+        assert_eq!(cfg.store.engine, StoreEngine::Sqlite);
+        assert_eq!(cfg.database_path(), PathBuf::from("/d/keygrid.db"));
+        let pg = format!(
+            "{base}[store]\nengine = \"postgres\"\nurl = \"postgres://kg@127.0.0.1:5432/kg\"\npassword_env = \"KEYGRID_TEST_PG_PW_UNSET\"\n"
+        );
+        let cfg = CoreConfig::parse(&pg, Path::new("/etc/keygrid/core.toml")).unwrap();
+        assert!(matches!(
+            cfg.store_location().unwrap(),
+            crate::store::StoreLocation::Postgres(_)
+        ));
+        let with_pw = format!(
+            "{base}[store]\nengine = \"postgres\"\nurl = \"postgres://kg:hunter2@127.0.0.1/kg\"\n"
+        );
+        let err = CoreConfig::parse(&with_pw, Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must not hold the password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let no_url = format!("{base}[store]\nengine = \"postgres\"\n");
+        assert!(CoreConfig::parse(&no_url, Path::new("/c.toml")).is_err());
     }
 
     #[test]

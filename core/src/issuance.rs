@@ -512,11 +512,11 @@ impl Issuance {
         if issued.clamped {
             tracing::warn!(spiffe_id = %identity.spiffe_id, "SVID lifetime cut to the workloads CA's expiry");
         }
-        self.store.record_certificate(&issued.record(
-            &workloads,
-            PROFILE_X509_SVID,
-            &identity.spiffe_id,
-        ))?;
+        // Committed with its audit record before the SVID is handed out.
+        self.store.record_issuance(
+            &issued.record(&workloads, PROFILE_X509_SVID, &identity.spiffe_id),
+            node_id,
+        )?;
         tracing::debug!(spiffe_id = %identity.spiffe_id, node = %node_id, serial = %issued.serial_hex, "X.509-SVID issued");
         Ok(MintedSvid {
             spiffe_id: identity.spiffe_id,

@@ -6,6 +6,7 @@
 
 pub mod admin_client;
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod ca;
 pub mod config;
@@ -22,3 +23,4 @@ pub mod revocation;
 pub mod server;
 pub mod spire_credential;
 pub mod store;
+pub mod store_cli;

@@ -74,6 +74,31 @@ enum Command {
         #[command(subcommand)]
         command: OcspCommand,
     },
+    /// The tamper-evident audit log: verify, export, tail (reads the store directly).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+        /// Core configuration (TOML) naming the store and the HSM.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Write a consistent, versioned archive of the store and audit log (keys stay in the
+    /// HSM; the archive lists the key labels it expects).
+    Backup {
+        /// The archive to write.
+        file: PathBuf,
+        /// Core configuration (TOML) naming the store.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Rebuild a fresh core's store from a backup archive (same HSM token).
+    Restore {
+        /// The archive to read.
+        file: PathBuf,
+        /// Core configuration (TOML) of the new core; its store must be empty.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Credentials for SPIRE servers using the keygrid-upstream-authority plugin.
     Spire {
         #[command(subcommand)]
@@ -105,6 +130,36 @@ enum CertCommand {
         /// At most this many.
         #[arg(long, default_value_t = 1000)]
         limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole chain and every signed checkpoint; exits 1 naming the first bad
+    /// record by sequence number.
+    Verify {
+        /// Check a file written by `keygrid audit export` instead of the store (links and
+        /// hashes; no checkpoints). Needs no configuration.
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
+    /// Write records as JSON lines (for a SIEM), oldest first.
+    Export {
+        /// From when: RFC 3339 time, Unix seconds, or a duration back from now (`24h`).
+        #[arg(long, default_value = "0")]
+        since: String,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print the last records as JSON lines.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: i64,
+        /// Keep printing new records as they are appended.
+        #[arg(long, short)]
+        follow: bool,
     },
 }
 
@@ -271,6 +326,15 @@ enum BenchCommand {
         #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
         pkcs11_module: PathBuf,
     },
+    /// Issuance recorded in SQLite and PostgreSQL, with the audit record off and on.
+    Audit {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "10")]
+        seconds: u64,
+        /// Store engines (sqlite, postgres; postgres starts a private server).
+        #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+        engines: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -418,7 +482,7 @@ fn ca_init(config: &std::path::Path) -> anyhow::Result<()> {
         cryptoki::types::AuthPin::from(pin),
     )?;
     let keys = keygrid_core::server::issuer_keys(&cfg, &token)?;
-    let store = keygrid_core::store::Store::open(&cfg.database_path())?;
+    let store = keygrid_core::server::open_store(&cfg)?;
     let (h, created) = keygrid_core::ca::Hierarchy::init_or_load(
         &store,
         keys.as_ref(),
@@ -682,6 +746,9 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
             println!("expires:     {}", written.expires_at);
         }
         Command::Serve { .. }
+        | Command::Audit { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Dev(_)
         | Command::Ocsp { .. }
         | Command::Policy { .. }
@@ -708,12 +775,20 @@ async fn shutdown_signal() {
 }
 
 fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Issue {
-        seconds,
-        backends,
-        algorithms,
-        pkcs11_module,
-    } = cmd;
+    let (seconds, backends, algorithms, pkcs11_module) = match cmd {
+        BenchCommand::Audit { seconds, engines } => {
+            let results =
+                keygrid_core::bench::run_audit(&engines, Duration::from_secs(seconds.max(1)))?;
+            keygrid_core::bench::print_audit(&results);
+            return Ok(());
+        }
+        BenchCommand::Issue {
+            seconds,
+            backends,
+            algorithms,
+            pkcs11_module,
+        } => (seconds, backends, algorithms, pkcs11_module),
+    };
     let algorithms = algorithms
         .iter()
         .map(|a| {
@@ -744,7 +819,130 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The offline store commands (no runtime needed: the store brings its own thread).
+fn store_command(cmd: Command) -> anyhow::Result<()> {
+    use keygrid_core::store_cli;
+    match cmd {
+        Command::Audit {
+            command: AuditCommand::Verify { export: Some(file) },
+            ..
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let mut records = Vec::new();
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                records.push(
+                    serde_json::from_str::<keygrid_core::store::audit::AuditRecord>(line)
+                        .with_context(|| format!("{} line {}", file.display(), i + 1))?,
+                );
+            }
+            match keygrid_core::store::audit::verify_exported(&records) {
+                None => {
+                    println!(
+                        "exported audit records intact: {} records{}",
+                        records.len(),
+                        records
+                            .first()
+                            .map(|r| format!(" from {}", r.seq))
+                            .unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Some(b) => Err(anyhow::anyhow!(
+                    "exported audit records broken at record {}: {}",
+                    b.seq,
+                    b.reason
+                )),
+            }
+        }
+        Command::Audit { command, config } => {
+            let config = config
+                .ok_or_else(|| anyhow::anyhow!("`keygrid audit` needs --config <core.toml>"))?;
+            let cfg = CoreConfig::load(&config)?;
+            match command {
+                AuditCommand::Verify { .. } => {
+                    let v = store_cli::verify(&cfg)?;
+                    match v.first_break {
+                        None => {
+                            println!(
+                                "audit chain intact: {} records, {} signed checkpoints verified",
+                                v.records, v.checkpoints
+                            );
+                            Ok(())
+                        }
+                        Some(b) => Err(anyhow::anyhow!(
+                            "audit chain broken at record {}: {} ({} records before it verified)",
+                            b.seq,
+                            b.reason,
+                            b.seq - 1
+                        )),
+                    }
+                }
+                AuditCommand::Export { since, output } => {
+                    let since = store_cli::parse_since(
+                        &since,
+                        time::OffsetDateTime::now_utc().unix_timestamp(),
+                    )?;
+                    let n = match output {
+                        Some(path) => {
+                            let f = std::fs::File::create(&path)
+                                .with_context(|| format!("cannot create {}", path.display()))?;
+                            store_cli::export(&cfg, since, &mut std::io::BufWriter::new(f))?
+                        }
+                        None => store_cli::export(&cfg, since, &mut std::io::stdout().lock())?,
+                    };
+                    eprintln!("exported {n} audit records");
+                    Ok(())
+                }
+                AuditCommand::Tail { lines, follow } => {
+                    store_cli::tail(&cfg, lines, follow, &mut std::io::stdout().lock())
+                }
+            }
+        }
+        Command::Backup { file, config } => {
+            let cfg = CoreConfig::load(&config)?;
+            let h = store_cli::backup(&cfg, &file)?;
+            println!(
+                "backup written to {}: schema version {}, audit head {}",
+                file.display(),
+                h.schema_version,
+                h.audit_head.0
+            );
+            println!("the HSM token must hold these keys to restore it:");
+            for k in &h.key_labels {
+                println!(
+                    "  {}  {}  {} ({})",
+                    k.label, k.algorithm, k.backend, k.purpose
+                );
+            }
+            Ok(())
+        }
+        Command::Restore { file, config } => {
+            let cfg = CoreConfig::load(&config)?;
+            let h = store_cli::restore(&cfg, &file)?;
+            println!(
+                "restored {} into {}: audit chain verified up to record {}",
+                file.display(),
+                cfg.store_description(),
+                h.audit_head.0
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!("not a store command"),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(
+        cli.command,
+        Command::Audit { .. } | Command::Backup { .. } | Command::Restore { .. }
+    ) {
+        return store_command(cli.command);
+    }
     // `bench` configures SoftHSM2's environment, so it runs before any thread exists.
     if let Command::Bench { command } = cli.command {
         return bench(command);

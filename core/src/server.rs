@@ -50,6 +50,13 @@ pub fn private_dir(path: &Path) -> anyhow::Result<()> {
 
 /// Re-evaluates the trust bundle every 30 s (a rotated root becomes due, an old one retires)
 /// and rewrites the published PEM file when it changes.
+/// Opens the store the configuration names (SQLite file or PostgreSQL server).
+pub fn open_store(cfg: &CoreConfig) -> anyhow::Result<Store> {
+    let location = cfg.store_location().map_err(anyhow::Error::msg)?;
+    Store::open_location(&location)
+        .with_context(|| format!("cannot open the store ({})", cfg.store_description()))
+}
+
 fn spawn_bundle_refresh(hierarchy: Arc<Hierarchy>, store: Arc<Store>, path: std::path::PathBuf) {
     let mut rx = hierarchy.subscribe_bundle();
     {
@@ -114,24 +121,39 @@ pub async fn run(
     let pin = cfg.hsm_pin().map_err(anyhow::Error::msg)?;
     let token = Pkcs11Token::open(&cfg.hsm.module, &cfg.hsm.token_label, AuthPin::from(pin))
         .context("cannot open the HSM token")?;
-    let store =
-        Arc::new(Store::open(&cfg.database_path()).with_context(|| {
-            format!("cannot open the store at {}", cfg.database_path().display())
-        })?);
-    let settings = cfg.hierarchy_settings();
+    let store = Arc::new(open_store(&cfg)?);
+    tracing::info!(store = %cfg.store_description(), "store opened");
     let federation = Arc::new(
         crate::federation::FederatedBundles::load(&cfg.trust_domain, &cfg.federation)
             .map_err(anyhow::Error::msg)?,
     );
     let keys = issuer_keys(&cfg, &token)?;
-    let (hierarchy, created) = {
-        let store = store.clone();
-        let keys = keys.clone();
+    // Replicas starting together take turns here, so keys and the hierarchy are created
+    // once (`Store::exclusive`).
+    let (audit_key, hierarchy, created) = {
+        let (store, token, keys, cfg2) = (store.clone(), token.clone(), keys.clone(), cfg.clone());
         tokio::task::spawn_blocking(move || {
-            Hierarchy::init_or_load(&store, keys.as_ref(), &settings)
+            store.exclusive(|| -> anyhow::Result<_> {
+                if crate::audit::record_config_change(&store, &cfg2)? {
+                    tracing::info!(
+                        "configuration changed since the last start; recorded in the audit log"
+                    );
+                }
+                let key = crate::audit::AuditKey::load_or_create(&token, &cfg2.audit.key_label)
+                    .context("cannot load or create the audit checkpoint key")?;
+                let (h, created) =
+                    Hierarchy::init_or_load(&store, keys.as_ref(), &cfg2.hierarchy_settings())?;
+                Ok((Arc::new(key), h, created))
+            })
         })
         .await??
     };
+    crate::audit::spawn_checkpoints(
+        store.clone(),
+        audit_key.clone(),
+        cfg.audit.checkpoint_interval,
+    );
+    crate::audit::spawn_svid_retention(store.clone(), cfg.store.svid_retention);
     if created {
         tracing::info!(trust_domain = %cfg.trust_domain, "created a new CA hierarchy");
     }
@@ -173,7 +195,9 @@ pub async fn run(
     let jwt = {
         let (store, token, alg) = (store.clone(), token.clone(), cfg.workloads.jwt_algorithm);
         let (jwt, created) = tokio::task::spawn_blocking(move || {
-            crate::jwt::JwtIssuer::init_or_load(&store, &token, alg)
+            store.exclusive(|| -> anyhow::Result<_> {
+                Ok(crate::jwt::JwtIssuer::init_or_load(&store, &token, alg)?)
+            })
         })
         .await?
         .context("cannot load or create the JWT-SVID signing key")?;
@@ -293,6 +317,14 @@ pub async fn run(
     b.context("admin API server failed")?;
     c?;
     let _ = std::fs::remove_file(&admin_path);
+    // A last checkpoint, so the chain as this core leaves it is signed.
+    let (s, k) = (store.clone(), audit_key.clone());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match tokio::task::spawn_blocking(move || k.checkpoint(&s, now)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "final audit checkpoint failed"),
+        Err(e) => tracing::error!(error = %e, "final audit checkpoint task failed"),
+    }
     tracing::info!("keygrid core stopped");
     Ok(())
 }

@@ -212,7 +212,8 @@ impl pb::admin_server::Admin for AdminApi {
         let entry = self.validate_entry(req.get_ref())?;
         let store = self.store.clone();
         let e = entry.clone();
-        tokio::task::spawn_blocking(move || store.create_entry(&e, now()))
+        let actor = format!("admin uid {uid}");
+        tokio::task::spawn_blocking(move || store.create_entry_by(&actor, &e, now()))
             .await
             .map_err(|_| Status::internal("worker task failed"))?
             .map_err(store_status)?;
@@ -240,7 +241,9 @@ impl pb::admin_server::Admin for AdminApi {
         if id.is_empty() {
             return Err(Status::invalid_argument("id is required"));
         }
-        self.store.delete_entry(&id).map_err(store_status)?;
+        self.store
+            .delete_entry_by(&format!("admin uid {uid}"), &id)
+            .map_err(store_status)?;
         tracing::info!(uid, entry = %id, "entry deleted");
         Ok(Response::new(pb::DeleteEntryResponse {}))
     }
@@ -266,7 +269,8 @@ impl pb::admin_server::Admin for AdminApi {
         let token = random_hex(32)?;
         let expires_at = now() + ttl;
         self.store
-            .create_join_token(
+            .create_join_token_by(
+                &format!("admin uid {uid}"),
                 &sha256_hex(token.as_bytes()),
                 &r.agent_spiffe_id,
                 expires_at,

@@ -224,11 +224,10 @@ impl SpireUpstream {
         params.distinguished_name = dn;
         let nodes = self.ca.nodes();
         let issued = nodes.sign(params, &csr.public_key, ttl, OffsetDateTime::now_utc())?;
-        self.store.record_certificate(&issued.record(
-            &nodes,
-            PROFILE_SPIRE_SERVER,
-            spire_server_id,
-        ))?;
+        self.store.record_issuance(
+            &issued.record(&nodes, PROFILE_SPIRE_SERVER, spire_server_id),
+            "admin",
+        )?;
         tracing::info!(spire_server = %spire_server_id, serial = %issued.serial_hex, "SPIRE server credential issued");
         Ok(SpireCredential {
             chain: vec![issued.der, nodes.cert_der().to_vec()],
@@ -302,11 +301,10 @@ impl SpireUpstream {
             )?;
         let issuer = spire_issuer(&self.ca);
         let issued = issuer.sign(params, &public_key, ttl, OffsetDateTime::now_utc())?;
-        self.store.record_certificate(&issued.record(
-            &issuer,
-            PROFILE_SPIRE_INTERMEDIATE,
+        self.store.record_issuance(
+            &issued.record(&issuer, PROFILE_SPIRE_INTERMEDIATE, caller),
             caller,
-        ))?;
+        )?;
         tracing::info!(spire_server = %caller, serial = %issued.serial_hex, key = %key,
             not_after = issued.not_after, clamped = issued.clamped, "SPIRE CA signed");
         Ok(MintedCa {

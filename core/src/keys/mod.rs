@@ -123,6 +123,21 @@ impl KeyAlgorithm {
         Some(aws_lc_rs::digest::digest(alg, msg).as_ref().to_vec())
     }
 
+    /// The aws-lc-rs algorithm that verifies this key's signatures in the form
+    /// [`CaSigner::sign`] returns them, for checking signatures KeyGrid made itself.
+    pub fn verification_algorithm(
+        self,
+    ) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+        use aws_lc_rs::signature as sig;
+        match self {
+            KeyAlgorithm::EcdsaP256 => &sig::ECDSA_P256_SHA256_ASN1,
+            KeyAlgorithm::EcdsaP384 => &sig::ECDSA_P384_SHA384_ASN1,
+            KeyAlgorithm::Ed25519 => &sig::ED25519,
+            KeyAlgorithm::Rsa3072 => &sig::RSA_PKCS1_2048_8192_SHA256,
+            KeyAlgorithm::Rsa4096 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        }
+    }
+
     /// The name used in configuration and in `keygrid ca show`.
     pub fn name(self) -> &'static str {
         match self {

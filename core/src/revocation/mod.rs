@@ -176,8 +176,8 @@ pub trait RevocationListener: Send + Sync {
     fn revoked(&self, rec: &RevocationRecord);
 }
 
-/// The audit hook for revocations. Today a structured log line; the tamper-evident audit
-/// log replaces the body of this one function.
+/// The log line for a revocation. The tamper-evident audit record itself is written by
+/// [`Store::revoke_by`] in the same transaction as the revocation.
 pub fn audit_revocation(actor: &str, rec: &RevocationRecord, subject: &str) {
     tracing::info!(
         target: "keygrid::audit",
@@ -285,7 +285,7 @@ impl Revoker {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let rec = self
             .store
-            .revoke(&issuer, &serial, req.reason.code(), now)?;
+            .revoke_by(&req.actor, &issuer, &serial, req.reason.code(), now)?;
         audit_revocation(&req.actor, &rec, &cert.subject);
         for l in &self.listeners {
             l.revoked(&rec);

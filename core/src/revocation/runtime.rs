@@ -159,14 +159,11 @@ pub async fn serve_standalone(
         AuthPin::from(pin),
     )
     .context("cannot open the HSM token")?;
-    let store =
-        Arc::new(Store::open(&cfg.database_path()).with_context(|| {
-            format!("cannot open the store at {}", cfg.database_path().display())
-        })?);
+    let store = Arc::new(crate::server::open_store(&cfg)?);
     if store.authorities()?.is_empty() {
         anyhow::bail!(
-            "the store at {} has no CA hierarchy yet; start core (keygrid serve) first",
-            cfg.database_path().display()
+            "the store ({}) has no CA hierarchy yet; start core (keygrid serve) first",
+            cfg.store_description()
         );
     }
     let settings = cfg.hierarchy_settings();

@@ -1,8 +1,7 @@
 //! Stored JWT-SVID signing keys: the key ID published in the JWKS and the label of the
 //! key in the key backend. The key itself stays in the backend (the HSM).
 
-use rusqlite::params;
-
+use super::sql::args;
 use super::{conflict_or, Store, StoreError};
 
 /// One JWT-SVID signing key as the store knows it.
@@ -19,28 +18,44 @@ pub struct JwtKeyRecord {
 impl Store {
     /// JWT signing keys, oldest first (the newest is the one that signs).
     pub fn jwt_keys(&self) -> Result<Vec<JwtKeyRecord>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare("SELECT kid, key_label, algorithm FROM jwt_keys ORDER BY created_at, kid")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(JwtKeyRecord {
-                kid: r.get(0)?,
-                key_label: r.get(1)?,
-                algorithm: r.get(2)?,
-            })
+        let rows = self.read(|c| {
+            c.query(
+                "SELECT kid, key_label, algorithm FROM jwt_keys ORDER BY created_at, kid",
+                &[],
+            )
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.iter()
+            .map(|r| {
+                Ok(JwtKeyRecord {
+                    kid: r.get(0)?,
+                    key_label: r.get(1)?,
+                    algorithm: r.get(2)?,
+                })
+            })
+            .collect()
     }
 
     /// Records a new JWT signing key; a duplicate `kid` is a conflict.
     pub fn insert_jwt_key(&self, rec: &JwtKeyRecord, now: i64) -> Result<(), StoreError> {
-        self.conn()?
-            .execute(
+        self.write(|tx| {
+            tx.execute(
                 "INSERT INTO jwt_keys (kid, key_label, algorithm, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![rec.kid, rec.key_label, rec.algorithm, now],
+                args![rec.kid, rec.key_label, rec.algorithm, now],
             )
             .map_err(|e| conflict_or(e, || format!("JWT key {} already exists", rec.kid)))?;
-        Ok(())
+            super::audit::append(
+                tx,
+                &super::audit::AuditEvent {
+                    at: now,
+                    kind: "jwt_key.created".into(),
+                    actor: "keygrid".into(),
+                    subject: rec.kid.clone(),
+                    detail: format!("{} key {}", rec.algorithm, rec.key_label),
+                    ..Default::default()
+                },
+            )?;
+            Ok(())
+        })
     }
 }
 

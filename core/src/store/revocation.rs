@@ -4,8 +4,7 @@
 //! from them are kept here too, so every process serving the store (core, `keygrid ocsp
 //! serve`) publishes the same CRL with the same CRL Number.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::sql::{args, Row};
 use super::{conflict_or, CertificateRecord, Store, StoreError};
 
 /// One revoked certificate.
@@ -40,7 +39,7 @@ pub struct CrlRecord {
     pub der: Vec<u8>,
 }
 
-fn row_to_revocation(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRecord> {
+fn row_to_revocation(r: &Row) -> Result<RevocationRecord, StoreError> {
     Ok(RevocationRecord {
         seq: r.get(0)?,
         issuer: r.get(1)?,
@@ -50,7 +49,7 @@ fn row_to_revocation(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevocationRecord
     })
 }
 
-fn row_to_crl(r: &rusqlite::Row<'_>) -> rusqlite::Result<CrlRecord> {
+fn row_to_crl(r: &Row) -> Result<CrlRecord, StoreError> {
     Ok(CrlRecord {
         issuer: r.get(0)?,
         number: r.get(1)?,
@@ -65,8 +64,62 @@ const REVOCATION_COLUMNS: &str = "seq, issuer, serial, reason, revoked_at";
 const CRL_COLUMNS: &str = "issuer, number, base_number, this_update, next_update, der";
 
 impl Store {
-    /// Records a revocation. The certificate must have been recorded as issued
-    /// (`NotFound` otherwise) and not be revoked already (`Conflict`).
+    /// Records a revocation and its audit record for `actor`. The certificate must have
+    /// been recorded as issued (`NotFound` otherwise) and not be revoked already
+    /// (`Conflict`).
+    pub fn revoke_by(
+        &self,
+        actor: &str,
+        issuer: &str,
+        serial: &str,
+        reason: i64,
+        revoked_at: i64,
+    ) -> Result<RevocationRecord, StoreError> {
+        self.write(|tx| {
+            let issued = tx.query_opt(
+                "SELECT subject, sha256 FROM certificates WHERE issuer = ?1 AND serial = ?2",
+                args![issuer, serial],
+            )?;
+            let Some(issued) = issued else {
+                return Err(StoreError::NotFound(format!(
+                    "no certificate with serial {serial} was issued by {issuer}"
+                )));
+            };
+            let row = tx
+                .query_one(
+                    "INSERT INTO revocations (issuer, serial, reason, revoked_at) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+                    args![issuer, serial, reason, revoked_at],
+                )
+                .map_err(|e| {
+                    conflict_or(e, || {
+                        format!("serial {serial} of {issuer} is already revoked")
+                    })
+                })?;
+            let seq: i64 = row.get(0)?;
+            super::audit::append(
+                tx,
+                &super::audit::AuditEvent {
+                    at: revoked_at,
+                    kind: "certificate.revoked".into(),
+                    actor: actor.to_string(),
+                    subject: issued.get(0)?,
+                    serial: serial.to_string(),
+                    fingerprint: issued.get(1)?,
+                    detail: format!("issuer {issuer} reason code {reason}"),
+                    ..Default::default()
+                },
+            )?;
+            Ok(RevocationRecord {
+                seq,
+                issuer: issuer.to_string(),
+                serial: serial.to_string(),
+                reason,
+                revoked_at,
+            })
+        })
+    }
+
+    /// [`Store::revoke_by`] for core itself.
     pub fn revoke(
         &self,
         issuer: &str,
@@ -74,38 +127,7 @@ impl Store {
         reason: i64,
         revoked_at: i64,
     ) -> Result<RevocationRecord, StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let issued: Option<i64> = tx
-            .query_row(
-                "SELECT 1 FROM certificates WHERE issuer = ?1 AND serial = ?2",
-                params![issuer, serial],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if issued.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "no certificate with serial {serial} was issued by {issuer}"
-            )));
-        }
-        tx.execute(
-            "INSERT INTO revocations (issuer, serial, reason, revoked_at) VALUES (?1, ?2, ?3, ?4)",
-            params![issuer, serial, reason, revoked_at],
-        )
-        .map_err(|e| {
-            conflict_or(e, || {
-                format!("serial {serial} of {issuer} is already revoked")
-            })
-        })?;
-        let seq = tx.last_insert_rowid();
-        tx.commit()?;
-        Ok(RevocationRecord {
-            seq,
-            issuer: issuer.to_string(),
-            serial: serial.to_string(),
-            reason,
-            revoked_at,
-        })
+        self.revoke_by("keygrid", issuer, serial, reason, revoked_at)
     }
 
     /// The revocation of one certificate, if it is revoked.
@@ -114,16 +136,15 @@ impl Store {
         issuer: &str,
         serial: &str,
     ) -> Result<Option<RevocationRecord>, StoreError> {
-        let conn = self.conn()?;
-        Ok(conn
-            .query_row(
+        let row = self.read(|c| {
+            c.query_opt(
                 &format!(
                     "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE issuer = ?1 AND serial = ?2"
                 ),
-                params![issuer, serial],
-                row_to_revocation,
+                args![issuer, serial],
             )
-            .optional()?)
+        })?;
+        row.as_ref().map(row_to_revocation).transpose()
     }
 
     /// Revocations with a sequence number above `after_seq`, oldest first, optionally of
@@ -133,13 +154,19 @@ impl Store {
         issuer: Option<&str>,
         after_seq: i64,
     ) -> Result<Vec<RevocationRecord>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {REVOCATION_COLUMNS} FROM revocations \
-             WHERE (?1 IS NULL OR issuer = ?1) AND seq > ?2 ORDER BY seq"
-        ))?;
-        let rows = stmt.query_map(params![issuer, after_seq], row_to_revocation)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.read(|c| match issuer {
+            Some(i) => c.query(
+                &format!(
+                    "SELECT {REVOCATION_COLUMNS} FROM revocations WHERE issuer = ?1 AND seq > ?2 ORDER BY seq"
+                ),
+                args![i, after_seq],
+            ),
+            None => c.query(
+                &format!("SELECT {REVOCATION_COLUMNS} FROM revocations WHERE seq > ?1 ORDER BY seq"),
+                args![after_seq],
+            ),
+        })?;
+        rows.iter().map(row_to_revocation).collect()
     }
 
     /// Issued certificates, newest first, at most `limit`; with `revoked_only`, only those
@@ -149,61 +176,72 @@ impl Store {
         revoked_only: bool,
         limit: i64,
     ) -> Result<Vec<(CertificateRecord, Option<RevocationRecord>)>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(
-            "SELECT c.issuer, c.serial, c.profile, c.subject, c.not_before, c.not_after, c.sha256, \
-                    r.seq, r.reason, r.revoked_at, c.issuer_generation \
-             FROM certificates c LEFT JOIN revocations r ON r.issuer = c.issuer AND r.serial = c.serial \
-             WHERE (?1 = 0 OR r.seq IS NOT NULL) \
-             ORDER BY c.not_before DESC, c.serial LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![revoked_only as i64, limit], |r| {
-            let cert = CertificateRecord {
-                issuer: r.get(0)?,
-                issuer_generation: r.get(10)?,
-                serial: r.get(1)?,
-                profile: r.get(2)?,
-                subject: r.get(3)?,
-                not_before: r.get(4)?,
-                not_after: r.get(5)?,
-                sha256: r.get(6)?,
-            };
-            let seq: Option<i64> = r.get(7)?;
-            let rev = match seq {
-                Some(seq) => Some(RevocationRecord {
-                    seq,
-                    issuer: cert.issuer.clone(),
-                    serial: cert.serial.clone(),
-                    reason: r.get(8)?,
-                    revoked_at: r.get(9)?,
-                }),
-                None => None,
-            };
-            Ok((cert, rev))
+        let filter = if revoked_only {
+            "WHERE r.seq IS NOT NULL"
+        } else {
+            ""
+        };
+        let rows = self.read(|c| {
+            c.query(
+                &format!(
+                    "SELECT c.issuer, c.serial, c.profile, c.subject, c.not_before, c.not_after, c.sha256,                             r.seq, r.reason, r.revoked_at, c.issuer_generation                      FROM certificates c LEFT JOIN revocations r ON r.issuer = c.issuer AND r.serial = c.serial                      {filter} ORDER BY c.not_before DESC, c.serial LIMIT ?1"
+                ),
+                args![limit],
+            )
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        rows.iter()
+            .map(|r| {
+                let cert = CertificateRecord {
+                    issuer: r.get(0)?,
+                    issuer_generation: r.get(10)?,
+                    serial: r.get(1)?,
+                    profile: r.get(2)?,
+                    subject: r.get(3)?,
+                    not_before: r.get(4)?,
+                    not_after: r.get(5)?,
+                    sha256: r.get(6)?,
+                };
+                let seq: Option<i64> = r.get(7)?;
+                let rev = match seq {
+                    Some(seq) => Some(RevocationRecord {
+                        seq,
+                        issuer: cert.issuer.clone(),
+                        serial: cert.serial.clone(),
+                        reason: r.get(8)?,
+                        revoked_at: r.get(9)?,
+                    }),
+                    None => None,
+                };
+                Ok((cert, rev))
+            })
+            .collect()
     }
 
     /// Records a certificate unless the same (issuer, serial) is already recorded; used
     /// for CA certificates, which the hierarchy creates outside the issuance path.
     pub fn record_certificate_if_absent(&self, rec: &CertificateRecord) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT OR IGNORE INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256, issuer_generation) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![rec.issuer, rec.serial, rec.profile, rec.subject, rec.not_before, rec.not_after, rec.sha256, rec.issuer_generation],
-        )?;
-        Ok(())
+        self.write(|tx| {
+            let n = tx.execute(
+                "INSERT INTO certificates (issuer, serial, profile, subject, not_before, not_after, sha256, issuer_generation)                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (issuer, serial) DO NOTHING",
+                args![rec.issuer, rec.serial, rec.profile, rec.subject, rec.not_before, rec.not_after, rec.sha256, rec.issuer_generation],
+            )?;
+            if n == 1 {
+                super::audit_issuance(tx, rec, "certificate.recorded", "keygrid")?;
+            }
+            Ok(())
+        })
     }
 
     /// The number the next CRL of `issuer` gets (complete and delta CRLs share one
     /// sequence, RFC 5280 §5.2.3).
     pub fn next_crl_number(&self, issuer: &str) -> Result<i64, StoreError> {
-        let conn = self.conn()?;
-        let max: Option<i64> = conn.query_row(
-            "SELECT MAX(number) FROM crls WHERE issuer = ?1",
-            params![issuer],
-            |r| r.get(0),
-        )?;
+        let max: Option<i64> = self.read(|c| {
+            c.query_one(
+                "SELECT MAX(number) FROM crls WHERE issuer = ?1",
+                args![issuer],
+            )?
+            .get(0)
+        })?;
         Ok(max.unwrap_or(0) + 1)
     }
 
@@ -211,54 +249,56 @@ impl Store {
     /// (complete CRLs and delta CRLs are kept separately, so frequent deltas never push the
     /// complete CRL they refer to out of the store).
     pub fn publish_crl(&self, crl: &CrlRecord, keep: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        tx.execute(
-            &format!("INSERT INTO crls ({CRL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![
-                crl.issuer,
-                crl.number,
-                crl.base_number,
-                crl.this_update,
-                crl.next_update,
-                crl.der
-            ],
-        )
-        .map_err(|e| {
-            conflict_or(e, || {
-                format!("CRL number {} of {} already exists", crl.number, crl.issuer)
-            })
-        })?;
-        let kind = if crl.base_number.is_some() {
-            "base_number IS NOT NULL"
-        } else {
-            "base_number IS NULL"
-        };
-        tx.execute(
-            &format!(
-                "DELETE FROM crls WHERE issuer = ?1 AND {kind} AND number NOT IN \
-                 (SELECT number FROM crls WHERE issuer = ?1 AND {kind} \
-                  ORDER BY number DESC LIMIT ?2)"
-            ),
-            params![crl.issuer, keep],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.execute(
+                &format!("INSERT INTO crls ({CRL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                args![
+                    crl.issuer,
+                    crl.number,
+                    crl.base_number,
+                    crl.this_update,
+                    crl.next_update,
+                    crl.der
+                ],
+            )
+            .map_err(|e| {
+                conflict_or(e, || {
+                    format!("CRL number {} of {} already exists", crl.number, crl.issuer)
+                })
+            })?;
+            let kind = if crl.base_number.is_some() {
+                "base_number IS NOT NULL"
+            } else {
+                "base_number IS NULL"
+            };
+            tx.execute(
+                &format!(
+                    "DELETE FROM crls WHERE issuer = ?1 AND {kind} AND number NOT IN \
+                     (SELECT number FROM crls WHERE issuer = ?1 AND {kind} \
+                      ORDER BY number DESC LIMIT ?2)"
+                ),
+                args![crl.issuer, keep],
+            )?;
+            Ok(())
+        })
     }
 
     /// The newest complete CRL (`delta = false`) or delta CRL (`delta = true`) of `issuer`.
     pub fn latest_crl(&self, issuer: &str, delta: bool) -> Result<Option<CrlRecord>, StoreError> {
-        let conn = self.conn()?;
-        Ok(conn
-            .query_row(
+        let kind = if delta {
+            "base_number IS NOT NULL"
+        } else {
+            "base_number IS NULL"
+        };
+        let row = self.read(|c| {
+            c.query_opt(
                 &format!(
-                    "SELECT {CRL_COLUMNS} FROM crls WHERE issuer = ?1 \
-                     AND (base_number IS NOT NULL) = ?2 ORDER BY number DESC LIMIT 1"
+                    "SELECT {CRL_COLUMNS} FROM crls WHERE issuer = ?1 AND {kind} ORDER BY number DESC LIMIT 1"
                 ),
-                params![issuer, delta],
-                row_to_crl,
+                args![issuer],
             )
-            .optional()?)
+        })?;
+        row.as_ref().map(row_to_crl).transpose()
     }
 }
 

@@ -59,10 +59,11 @@ fn authority(name: &str, parent: Option<&str>) -> AuthorityRecord {
     }
 }
 
-#[test]
-fn fresh_store_is_at_the_latest_schema_version() {
-    let store = Store::in_memory().unwrap();
-    assert_eq!(store.schema_version().unwrap(), super::migrations::latest());
+fn fresh_store_is_at_the_latest_schema_version(store: Store) {
+    assert_eq!(
+        store.schema_version().unwrap(),
+        super::migrations::latest(store.engine())
+    );
     assert!(store.authorities().unwrap().is_empty());
     assert_eq!(store.certificate_count().unwrap(), 0);
     assert!(store.entries(None).unwrap().is_empty());
@@ -74,7 +75,10 @@ fn reopening_on_disk_store_keeps_data_and_version() {
     let path = dir.path().join("keygrid.db");
     {
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), super::migrations::latest());
+        assert_eq!(
+            store.schema_version().unwrap(),
+            super::migrations::latest(store.engine())
+        );
         store
             .insert_authorities(
                 &[
@@ -101,7 +105,10 @@ fn reopening_on_disk_store_keeps_data_and_version() {
     }
     let store = Store::open(&path).unwrap();
     // Migrations are not re-applied: still exactly version 1.
-    assert_eq!(store.schema_version().unwrap(), super::migrations::latest());
+    assert_eq!(
+        store.schema_version().unwrap(),
+        super::migrations::latest(store.engine())
+    );
     let auths = store.authorities().unwrap();
     assert_eq!(auths.len(), 2);
     assert_eq!(auths[0].name, "root");
@@ -118,9 +125,7 @@ fn reopening_on_disk_store_keeps_data_and_version() {
     assert_eq!(e.selectors, vec![sel("unix", "uid:1000")]);
 }
 
-#[test]
-fn authorities_are_listed_root_first_and_inserted_all_or_nothing() {
-    let store = Store::in_memory().unwrap();
+fn authorities_are_listed_root_first_and_inserted_all_or_nothing(store: Store) {
     // Children without their root: the parent foreign key refuses the whole batch.
     store
         .insert_authorities(
@@ -161,9 +166,7 @@ fn authorities_are_listed_root_first_and_inserted_all_or_nothing() {
     assert_eq!(store.authorities().unwrap().len(), 3);
 }
 
-#[test]
-fn duplicate_issuer_serial_is_conflict() {
-    let store = Store::in_memory().unwrap();
+fn duplicate_issuer_serial_is_conflict(store: Store) {
     store
         .record_certificate(&cert("workloads", "01ff", "spiffe://example.org/a"))
         .unwrap();
@@ -188,9 +191,7 @@ fn duplicate_issuer_serial_is_conflict() {
     assert!(store.certificate("root", "01ff").unwrap().is_none());
 }
 
-#[test]
-fn entries_create_list_get_delete() {
-    let store = Store::in_memory().unwrap();
+fn entries_create_list_get_delete(store: Store) {
     let node_a = "spiffe://example.org/node/a";
     let node_b = "spiffe://example.org/node/b";
     let e1 = entry(
@@ -257,9 +258,7 @@ fn entries_create_list_get_delete() {
     ));
 }
 
-#[test]
-fn duplicate_entry_with_reordered_selectors_is_conflict() {
-    let store = Store::in_memory().unwrap();
+fn duplicate_entry_with_reordered_selectors_is_conflict(store: Store) {
     let parent = "spiffe://example.org/node/a";
     let first = entry(
         "e1",
@@ -314,18 +313,14 @@ fn duplicate_entry_with_reordered_selectors_is_conflict() {
     ));
 }
 
-#[test]
-fn delete_missing_entry_is_not_found() {
-    let store = Store::in_memory().unwrap();
+fn delete_missing_entry_is_not_found(store: Store) {
     match store.delete_entry("does-not-exist").unwrap_err() {
         StoreError::NotFound(msg) => assert!(msg.contains("does-not-exist"), "{msg}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
 }
 
-#[test]
-fn join_token_agent_only_while_unexpired() {
-    let store = Store::in_memory().unwrap();
+fn join_token_agent_only_while_unexpired(store: Store) {
     let agent = "spiffe://example.org/keygrid/agent/node1";
     store
         .create_join_token("hash1", agent, NOW + 600, NOW)
@@ -354,9 +349,7 @@ fn join_token_agent_only_while_unexpired() {
     ));
 }
 
-#[test]
-fn redeem_join_token_consumes_exactly_once() {
-    let store = Store::in_memory().unwrap();
+fn redeem_join_token_consumes_exactly_once(store: Store) {
     let agent = "spiffe://example.org/keygrid/agent/node1";
     store
         .create_join_token("hash1", agent, NOW + 600, NOW)
@@ -392,9 +385,7 @@ fn redeem_join_token_consumes_exactly_once() {
     assert_eq!(store.certificate_count().unwrap(), 1);
 }
 
-#[test]
-fn expired_join_token_cannot_be_redeemed() {
-    let store = Store::in_memory().unwrap();
+fn expired_join_token_cannot_be_redeemed(store: Store) {
     let agent = "spiffe://example.org/keygrid/agent/late";
     store
         .create_join_token("hash-late", agent, NOW + 60, NOW)
@@ -412,9 +403,7 @@ fn expired_join_token_cannot_be_redeemed() {
     assert_eq!(store.certificate_count().unwrap(), 0);
 }
 
-#[test]
-fn failed_redeem_rolls_back_token_node_and_certificate() {
-    let store = Store::in_memory().unwrap();
+fn failed_redeem_rolls_back_token_node_and_certificate(store: Store) {
     let agent = "spiffe://example.org/keygrid/agent/node2";
     // A certificate already holds the serial the redeem will try to record.
     store
@@ -457,9 +446,7 @@ fn failed_redeem_rolls_back_token_node_and_certificate() {
     assert_eq!(store.join_token_agent("hash2", NOW + 2).unwrap(), None);
 }
 
-#[test]
-fn renew_node_updates_serial() {
-    let store = Store::in_memory().unwrap();
+fn renew_node_updates_serial(store: Store) {
     let agent = "spiffe://example.org/keygrid/agent/node3";
     store
         .create_join_token("hash3", agent, NOW + 600, NOW)
@@ -498,3 +485,498 @@ fn renew_node_updates_serial() {
     assert_eq!(n.serial, "dd02");
     assert_eq!(n.not_after, NOW + 7200);
 }
+
+// ---- audit chain ---------------------------------------------------------------------
+
+fn issue_some(store: &Store, n: usize) {
+    for i in 0..n {
+        store
+            .record_issuance(
+                &cert("workloads", &format!("{i:04x}"), "spiffe://example.org/w"),
+                "spiffe://example.org/node",
+            )
+            .unwrap();
+    }
+}
+
+fn break_at(store: &Store) -> audit::Break {
+    store
+        .verify_audit(None)
+        .unwrap()
+        .first_break
+        .expect("verification should fail")
+}
+
+fn audit_chain_records_every_change_and_verifies(store: Store) {
+    issue_some(&store, 3);
+    store
+        .create_entry(
+            &entry(
+                "e1",
+                "spiffe://example.org/a",
+                "spiffe://example.org/node",
+                vec![sel("unix", "uid:1")],
+            ),
+            NOW,
+        )
+        .unwrap();
+    store
+        .revoke_by("admin uid 0", "workloads", "0001", 1, NOW)
+        .unwrap();
+    store
+        .record_event(&EventRecord {
+            at: NOW,
+            kind: "policy_refusal".into(),
+            actor: "spiffe://example.org/node".into(),
+            subject: "spiffe://example.org/x".into(),
+            rule: "keys".into(),
+            detail: "rsa-2048 is not allowed".into(),
+        })
+        .unwrap();
+    // A refused write leaves no audit record either.
+    assert!(store
+        .record_issuance(&cert("workloads", "0001", "spiffe://example.org/w"), "n")
+        .is_err());
+    let records = store.audit_records(0, 100).unwrap();
+    let kinds: Vec<&str> = records.iter().map(|r| r.event.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "certificate.issued",
+            "certificate.issued",
+            "certificate.issued",
+            "entry.created",
+            "certificate.revoked",
+            "policy_refusal"
+        ]
+    );
+    assert_eq!(records[0].event.serial, "0000");
+    assert_eq!(records[0].event.fingerprint, "sha-workloads-0000");
+    assert_eq!(records[0].event.actor, "spiffe://example.org/node");
+    assert_eq!(records[4].event.actor, "admin uid 0");
+    assert_eq!(records[5].event.rule, "keys");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as i64 + 1);
+    }
+    assert_eq!(store.audit_head().unwrap(), (6, records[5].hash.clone()));
+    let v = store.verify_audit(None).unwrap();
+    assert_eq!(v.first_break, None, "{v:?}");
+    assert_eq!(v.records, 6);
+}
+
+fn audit_tamper_edit_is_found(store: Store) {
+    issue_some(&store, 6);
+    store
+        .write(|tx| {
+            tx.execute(
+                "UPDATE audit_log SET subject = 'spiffe://evil' WHERE seq = 3",
+                &[],
+            )
+        })
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 3, "{b}");
+    assert!(b.reason.contains("does not match its hash"), "{b}");
+}
+
+fn audit_tamper_delete_is_found(store: Store) {
+    issue_some(&store, 6);
+    store
+        .write(|tx| tx.execute("DELETE FROM audit_log WHERE seq = 4", &[]))
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 4, "{b}");
+    assert!(b.reason.contains("missing"), "{b}");
+}
+
+fn audit_tamper_reorder_is_found(store: Store) {
+    issue_some(&store, 6);
+    // Swap records 2 and 5 wholesale, sequence numbers kept in place.
+    store
+        .write(|tx| {
+            tx.execute("UPDATE audit_log SET seq = -2 WHERE seq = 2", &[])?;
+            tx.execute("UPDATE audit_log SET seq = 2 WHERE seq = 5", &[])?;
+            tx.execute("UPDATE audit_log SET seq = 5 WHERE seq = -2", &[])
+        })
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 2, "{b}");
+}
+
+fn audit_tamper_truncate_is_found(store: Store) {
+    issue_some(&store, 6);
+    store
+        .write(|tx| tx.execute("DELETE FROM audit_log WHERE seq > 4", &[]))
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 5, "{b}");
+    assert!(b.reason.contains("truncated"), "{b}");
+}
+
+fn audit_truncation_with_rewound_head_is_caught_by_checkpoint(store: Store) {
+    issue_some(&store, 6);
+    let sign = |m: &[u8]| Ok::<_, String>(m.to_vec());
+    let cp = store
+        .audit_checkpoint("test", "none", NOW, &sign)
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, 6);
+    assert!(store
+        .audit_checkpoint("test", "none", NOW, &sign)
+        .unwrap()
+        .is_none());
+    issue_some_more(&store);
+    assert_eq!(store.verify_audit(None).unwrap().first_break, None);
+    // The attacker cuts the tail and moves the head back consistently.
+    store
+        .write(|tx| {
+            let r = tx.query_one("SELECT hash FROM audit_log WHERE seq = 4", &[])?;
+            let h: String = r.get(0)?;
+            tx.execute("DELETE FROM audit_log WHERE seq > 4", &[])?;
+            tx.execute("UPDATE audit_head SET seq = 4, hash = ?1", args![h])
+        })
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 5, "{b}");
+    assert!(b.reason.contains("checkpoint"), "{b}");
+}
+
+fn audit_verifies_while_core_keeps_appending(store: Store) {
+    let store = std::sync::Arc::new(store);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                store
+                    .record_issuance(&cert("nodes", &format!("c{i:04x}"), "s"), "a")
+                    .unwrap();
+                if i % 50 == 0 {
+                    store
+                        .audit_checkpoint("k", "none", NOW, &|m: &[u8]| Ok(m.to_vec()))
+                        .unwrap();
+                }
+            }
+        })
+    };
+    let mut verified = 0;
+    while !writer.is_finished() {
+        let v = store.verify_audit(None).unwrap();
+        assert_eq!(v.first_break, None, "{v:?}");
+        verified += 1;
+    }
+    writer.join().unwrap();
+    assert!(verified > 0);
+    assert_eq!(store.verify_audit(None).unwrap().records, 300);
+}
+
+#[test]
+fn exported_records_verify_on_their_own() {
+    let store = Store::in_memory().unwrap();
+    issue_some(&store, 5);
+    let records = store.audit_records(0, 100).unwrap();
+    let json: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let parsed: Vec<audit::AuditRecord> = json
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parsed, records);
+    assert_eq!(audit::verify_exported(&parsed), None);
+    // A run from the middle verifies from its own first link.
+    assert_eq!(audit::verify_exported(&parsed[2..]), None);
+    let mut edited = parsed.clone();
+    edited[3].event.subject = "spiffe://evil".into();
+    assert_eq!(audit::verify_exported(&edited).unwrap().seq, 4);
+    let mut gap = parsed.clone();
+    gap.remove(1);
+    assert_eq!(audit::verify_exported(&gap).unwrap().seq, 2);
+}
+
+fn issue_some_more(store: &Store) {
+    store
+        .record_issuance(&cert("nodes", "ff01", "spiffe://example.org/n"), "x")
+        .unwrap();
+}
+
+fn audit_checkpoint_signature_is_checked(store: Store) {
+    struct Echo;
+    impl audit::CheckpointVerifier for Echo {
+        fn verify(&self, _l: &str, m: &[u8], s: &[u8]) -> Result<bool, String> {
+            Ok(m == s)
+        }
+    }
+    issue_some(&store, 2);
+    store
+        .audit_checkpoint("test", "none", NOW, &|m: &[u8]| Ok(m.to_vec()))
+        .unwrap();
+    assert_eq!(store.verify_audit(Some(&Echo)).unwrap().first_break, None);
+    assert_eq!(store.verify_audit(Some(&Echo)).unwrap().checkpoints, 1);
+    store
+        .write(|tx| {
+            tx.execute(
+                "UPDATE audit_checkpoints SET signature = ?1",
+                args![vec![1u8, 2]],
+            )
+        })
+        .unwrap();
+    let b = store
+        .verify_audit(Some(&Echo))
+        .unwrap()
+        .first_break
+        .unwrap();
+    assert_eq!(b.seq, 2, "{b}");
+    assert!(b.reason.contains("signature"), "{b}");
+}
+
+fn short_lived_certificates_are_pruned_but_stay_audited(store: Store) {
+    issue_some(&store, 3);
+    store.revoke("workloads", "0002", 1, NOW).unwrap();
+    let mut long = cert("nodes", "aa", "spiffe://example.org/node");
+    long.profile = "node".into();
+    store.record_certificate(&long).unwrap();
+    assert_eq!(store.prune_certificates("x509-svid", NOW + 301).unwrap(), 2);
+    assert_eq!(store.certificate_count().unwrap(), 2);
+    assert!(
+        store.certificate("workloads", "0002").unwrap().is_some(),
+        "revoked rows stay"
+    );
+    assert!(store.certificate("nodes", "aa").unwrap().is_some());
+    assert_eq!(store.verify_audit(None).unwrap().records, 5);
+}
+
+fn backup_restores_everything_into_a_fresh_store(store: Store) {
+    store
+        .insert_authorities(
+            &[
+                authority("root", None),
+                authority("workloads", Some("root")),
+            ],
+            NOW,
+        )
+        .unwrap();
+    issue_some(&store, 4);
+    store
+        .revoke_by("admin", "workloads", "0001", 1, NOW)
+        .unwrap();
+    store
+        .create_entry(
+            &entry(
+                "e1",
+                "spiffe://example.org/a",
+                "spiffe://example.org/node",
+                vec![sel("unix", "uid:1")],
+            ),
+            NOW,
+        )
+        .unwrap();
+    store
+        .audit_checkpoint("keygrid-audit", "ecdsa-p256", NOW, &|m: &[u8]| {
+            Ok(m.to_vec())
+        })
+        .unwrap();
+    let mut archive = Vec::new();
+    let header = store.backup(&mut archive, NOW, &[]).unwrap();
+    assert_eq!(header.schema_version, store.schema_version().unwrap());
+    let labels: Vec<&str> = header.key_labels.iter().map(|k| k.label.as_str()).collect();
+    assert_eq!(labels, ["keygrid-root-test", "keygrid-workloads-test"]);
+
+    // Restore into a fresh SQLite store (for the PostgreSQL run: across engines).
+    let (h, rows) = Store::read_backup(&mut archive.as_slice()).unwrap();
+    assert_eq!(h, header);
+    let fresh = Store::in_memory().unwrap();
+    fresh.restore(&h, &rows).unwrap();
+    backup::check_restored(&fresh, &h).unwrap();
+    assert_eq!(fresh.authorities().unwrap().len(), 2);
+    assert_eq!(
+        fresh.certificate_count().unwrap(),
+        store.certificate_count().unwrap()
+    );
+    assert_eq!(
+        fresh.revocations(None, 0).unwrap(),
+        store.revocations(None, 0).unwrap()
+    );
+    assert_eq!(fresh.entries(None).unwrap(), store.entries(None).unwrap());
+    assert_eq!(
+        fresh.audit_records(0, 100).unwrap(),
+        store.audit_records(0, 100).unwrap()
+    );
+    let v = fresh.verify_audit(None).unwrap();
+    assert_eq!((v.first_break, v.checkpoints), (None, 1));
+    // The restored store keeps chaining and numbering revocations after the old ones.
+    fresh.revoke("workloads", "0002", 1, NOW).unwrap();
+    assert_eq!(fresh.revocations(None, 0).unwrap().len(), 2);
+    assert_eq!(fresh.verify_audit(None).unwrap().first_break, None);
+
+    // Not into a store that already has data.
+    let err = fresh.restore(&h, &rows).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // A cut or edited archive is refused before anything is written.
+    let text = String::from_utf8(archive.clone()).unwrap();
+    let cut: String = text.lines().take(5).map(|l| format!("{l}\n")).collect();
+    assert!(Store::read_backup(&mut cut.as_bytes()).is_err());
+    let edited = text.replacen("spiffe://example.org/w", "spiffe://example.org/x", 1);
+    let err = Store::read_backup(&mut edited.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("edited"), "{err}");
+}
+
+#[test]
+fn old_events_are_chained_into_the_audit_log_on_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygrid.db");
+    {
+        // A version-4 database with two recorded events.
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            .unwrap();
+        for (i, sql) in super::migrations::sqlite_scripts()
+            .iter()
+            .take(4)
+            .enumerate()
+        {
+            tx.execute_batch(sql).unwrap();
+            tx.execute("INSERT INTO schema_version VALUES (?1)", [i as i64 + 1])
+                .unwrap();
+        }
+        tx.execute_batch(
+            "INSERT INTO events (at, kind, actor, subject, rule, detail) VALUES              (1, 'policy_refusal', 'n', 's', 'r', 'd'), (2, 'ca_rotation', 'admin', 'nodes', '', 'x')",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.events("policy_refusal").unwrap().len(), 1);
+    assert_eq!(store.events("ca_rotation").unwrap()[0].actor, "admin");
+    let v = store.verify_audit(None).unwrap();
+    assert_eq!((v.records, v.first_break), (2, None));
+    drop(store);
+    // Reopening does not chain them twice.
+    assert_eq!(
+        Store::open(&path)
+            .unwrap()
+            .verify_audit(None)
+            .unwrap()
+            .records,
+        2
+    );
+}
+
+#[test]
+fn backup_from_sqlite_restores_into_postgres() {
+    let sqlite = Store::in_memory().unwrap();
+    sqlite
+        .insert_authorities(
+            &[
+                authority("root", None),
+                authority("workloads", Some("root")),
+            ],
+            NOW,
+        )
+        .unwrap();
+    issue_some(&sqlite, 4);
+    sqlite
+        .revoke_by("admin", "workloads", "0001", 1, NOW)
+        .unwrap();
+    sqlite
+        .revoke_by("admin", "workloads", "0003", 4, NOW)
+        .unwrap();
+    let mut archive = Vec::new();
+    sqlite.backup(&mut archive, NOW, &[]).unwrap();
+
+    let server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("restored").unwrap();
+    let pg = Store::open_postgres(server.config("restored")).unwrap();
+    let (h, rows) = Store::read_backup(&mut archive.as_slice()).unwrap();
+    pg.restore(&h, &rows).unwrap();
+    backup::check_restored(&pg, &h).unwrap();
+    assert_eq!(
+        pg.revocations(None, 0).unwrap(),
+        sqlite.revocations(None, 0).unwrap()
+    );
+    assert_eq!(
+        pg.audit_records(0, 100).unwrap(),
+        sqlite.audit_records(0, 100).unwrap()
+    );
+    // New revocations continue the sequence after the restored ones.
+    let next = pg.revoke("workloads", "0002", 1, NOW).unwrap();
+    assert_eq!(next.seq, 3);
+    assert_eq!(pg.verify_audit(None).unwrap().first_break, None);
+}
+
+#[test]
+fn postgres_store_reconnects_after_a_server_restart() {
+    let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("restart").unwrap();
+    let store = Store::open_postgres(server.config("restart")).unwrap();
+    issue_some(&store, 3);
+    server.restart().unwrap();
+    // Calls that meet a dropped connection fail cleanly; the pool reopens it and the next
+    // ones succeed, continuing the same chain.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    while n < 10 {
+        match store.record_issuance(&cert("workloads", &format!("ff{n:02x}"), "s"), "a") {
+            Ok(()) => n += 1,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no reconnect: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    let v = store.verify_audit(None).unwrap();
+    assert_eq!((v.records, v.first_break), (13, None));
+}
+
+/// Runs each named test against SQLite (one `#[test]` each) and all of them against one
+/// private PostgreSQL server, each in a fresh database.
+macro_rules! store_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Store::in_memory().unwrap())
+                }
+            )*
+        }
+
+        #[test]
+        fn postgres_store_suite() {
+            let server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+            let mut n = 0;
+            $(
+                n += 1;
+                let db = format!("t{n}");
+                server.create_database(&db).unwrap();
+                eprintln!("postgres: {} in database {db}", stringify!($name));
+                $name(Store::open_postgres(server.config(&db)).unwrap());
+            )*
+        }
+    };
+}
+
+store_suite!(
+    fresh_store_is_at_the_latest_schema_version,
+    authorities_are_listed_root_first_and_inserted_all_or_nothing,
+    duplicate_issuer_serial_is_conflict,
+    entries_create_list_get_delete,
+    duplicate_entry_with_reordered_selectors_is_conflict,
+    delete_missing_entry_is_not_found,
+    join_token_agent_only_while_unexpired,
+    redeem_join_token_consumes_exactly_once,
+    expired_join_token_cannot_be_redeemed,
+    failed_redeem_rolls_back_token_node_and_certificate,
+    renew_node_updates_serial,
+    audit_chain_records_every_change_and_verifies,
+    audit_tamper_edit_is_found,
+    audit_tamper_delete_is_found,
+    audit_tamper_reorder_is_found,
+    audit_tamper_truncate_is_found,
+    audit_truncation_with_rewound_head_is_caught_by_checkpoint,
+    audit_checkpoint_signature_is_checked,
+    short_lived_certificates_are_pruned_but_stay_audited,
+    backup_restores_everything_into_a_fresh_store,
+    audit_verifies_while_core_keeps_appending,
+);

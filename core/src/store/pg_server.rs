@@ -1,0 +1,253 @@
+//! A private PostgreSQL server for tests and benchmarks: `initdb` and `postgres` from the
+//! Debian package, on a free loopback port, with data and socket in a temporary directory,
+//! stopped when dropped.
+//!
+//! PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the
+//! `postgres` system user (`setpriv`, from util-linux), in a directory that user owns. It trusts
+//! local connections (nothing but this machine's tests can reach the loopback port) and
+//! has one superuser, `keygrid`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running private PostgreSQL server.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+/// Where the PostgreSQL server binaries are, newest version first.
+pub fn find_bin_dir() -> Result<PathBuf, String> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| {
+            "PostgreSQL is not installed (/usr/lib/postgresql missing); install it with \
+             `apt-get install postgresql` (scripts/install-deps.sh)"
+                .to_string()
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists() && p.join("initdb").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().ok_or_else(|| {
+        "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin; install the \
+         `postgresql` package (scripts/install-deps.sh)"
+            .to_string()
+    })
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// A command run as the `postgres` user when we are root, as ourselves otherwise.
+/// `setpriv` execs the program, so the child's id is the server's own (to stop it by id).
+fn as_server_user(bin: &Path) -> Command {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl PgServer {
+    /// Initialises and starts a server; waits until it accepts connections.
+    pub fn start() -> Result<Self, String> {
+        let bin = find_bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("keygrid-pg")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let data = dir.path().join("data");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !st.success() {
+                return Err("cannot give the temp dir to the postgres user".into());
+            }
+        }
+        let out = as_server_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "keygrid", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let port = free_port()?;
+        let child = spawn_server(&bin, dir.path(), port)?;
+        let server = PgServer { dir, port, child };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Accepting TCP is not yet accepting queries; try a real connection.
+                if self.connect_check("postgres").is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.path().join("postgres.log"))
+                    .unwrap_or_default();
+                return Err(format!("PostgreSQL did not start within 30 s: {log}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (fast shutdown, every connection dropped) and starts it again on
+    /// the same port and data: what a failover or maintenance restart looks like to core.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.child = spawn_server(&find_bin_dir()?, self.dir.path(), self.port)?;
+        self.wait_ready()
+    }
+
+    fn stop(&mut self) {
+        // SIGINT: PostgreSQL's "fast shutdown". We started this process; stop it by its id.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn connect_check(&self, db: &str) -> Result<(), String> {
+        crate::store::sql::PgPool::connect(self.config(db), 1)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The TCP port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://keygrid@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Connection settings for database `db`.
+    pub fn config(&self, db: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user("keygrid")
+            .dbname(db);
+        c
+    }
+
+    /// Creates an empty database.
+    pub fn create_database(&self, name: &str) -> Result<(), String> {
+        let bin = find_bin_dir()?;
+        let out = Command::new(bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "keygrid",
+                name,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("createdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "createdb {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs SQL with `psql` (tests use it to tamper with the audit log behind the store's
+    /// back).
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let bin = find_bin_dir()?;
+        let out = Command::new(bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "keygrid",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "psql failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_server(bin: &Path, dir: &Path, port: u16) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .map_err(|e| format!("log file: {e}"))?;
+    let log2 = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+    as_server_user(&bin.join("postgres"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+        .arg(dir)
+        .args(["-c", "fsync=on", "-c", "max_connections=200"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("postgres: {e}"))
+}
