@@ -40,6 +40,9 @@ pub struct CoreConfig {
     /// The HTTP listener for OCSP, CRLs and CA certificates (revocation).
     #[serde(default)]
     pub http: HttpConfig,
+    /// The EST enrollment server (RFC 7030); off unless `[est] listen` is set.
+    #[serde(default)]
+    pub est: crate::est::EstConfig,
 }
 
 /// The HTTP listener: OCSP responder, CRLs, CA certificates. Off unless `listen` is set.
@@ -370,6 +373,7 @@ impl CoreConfig {
                 None => e,
             }));
         }
+        cfg.est.validate().map_err(invalid)?;
         for c in &cfg.ca.control_plane_ips {
             parse_cidr(c).map_err(|e| invalid(format!("ca.control_plane_ips: {e}")))?;
         }

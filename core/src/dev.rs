@@ -41,6 +41,13 @@ pub struct DevArgs {
     /// Address of the HTTP listener for OCSP and CRLs (off when not given).
     #[arg(long)]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Address of the EST server (HTTPS, `/.well-known/est/`; off when not given).
+    #[arg(long)]
+    pub est_listen: Option<std::net::SocketAddr>,
+    /// A TOML file appended to the generated core configuration (policy rules, `[est]`
+    /// options such as `manual_approval` or `[est.tpm]`), for trying features out.
+    #[arg(long)]
+    pub config_append: Option<PathBuf>,
     /// The agent binary; defaults to `keygrid-agent` beside this binary.
     #[arg(long, env = "KEYGRID_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
@@ -130,6 +137,18 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
     let mut toml = toml;
     if let Some(addr) = args.http_listen {
         toml.push_str(&format!("\n[http]\nlisten = \"{addr}\"\n"));
+    }
+    if let Some(extra) = &args.config_append {
+        let text = std::fs::read_to_string(extra)
+            .with_context(|| format!("cannot read {}", extra.display()))?;
+        toml.push_str(&format!("\n# Appended from {}\n{text}\n", extra.display()));
+    }
+    if let Some(addr) = args.est_listen {
+        // Last, so that an appended file may add keys to [est] only through this table.
+        if !toml.contains("\n[est]") {
+            toml.push_str("\n[est]\n");
+        }
+        toml = toml.replacen("\n[est]\n", &format!("\n[est]\nlisten = \"{addr}\"\n"), 1);
     }
     write_atomic(&core_config, toml.as_bytes(), 0o600)?;
     Ok(DevPlan {

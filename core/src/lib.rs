@@ -11,6 +11,7 @@ pub mod ca;
 pub mod config;
 pub mod default_identity;
 pub mod dev;
+pub mod est;
 pub mod http;
 pub mod identity;
 pub mod issuance;

@@ -117,6 +117,23 @@ const MIGRATIONS: &[&str] = &[
         algorithm TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 5 (feature: EST, issue #7): enrollments waiting for manual approval, and the
+    // first-come binding of a TPM's EK to the node name it enrolled.
+    "CREATE TABLE est_pending (
+        id TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        decided_at INTEGER
+    );
+    CREATE TABLE est_ek_bindings (
+        ek_hash TEXT PRIMARY KEY,
+        node_name TEXT NOT NULL UNIQUE,
+        manufacturer TEXT NOT NULL,
+        bound_at INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build of KeyGrid migrates to.

@@ -6,6 +6,7 @@
 //! that changes several rows runs in one transaction, so a refused or failed request leaves
 //! no half-written state behind.
 
+mod est;
 mod jwt_keys;
 mod migrations;
 mod revocation;
@@ -18,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+pub use est::{EkBinding, PendingEnrollment};
 pub use jwt_keys::JwtKeyRecord;
 
 /// Errors from the store.
