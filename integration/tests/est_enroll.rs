@@ -227,9 +227,14 @@ impl Est {
         db
     }
 
+    /// Certificates of the profiles EST issues (the dev agent mints SVIDs meanwhile).
     fn certificate_count(&self) -> i64 {
         self.db()
-            .query_row("SELECT COUNT(*) FROM certificates", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM certificates WHERE profile IN ('node', 'kubelet-client', 'kubelet-serving')",
+                [],
+                |r| r.get(0),
+            )
             .unwrap()
     }
 
@@ -588,4 +593,177 @@ fn pem_block(all: &str, est: &Est, cn: &str, with: bool) -> String {
         }
     }
     panic!("no certificate with {cn} in {all}");
+}
+
+#[test]
+fn deferred_enrollment_waits_for_the_operator_and_lab_basic_auth_is_opt_in() {
+    let password_sha256 = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        b"lab-password",
+    ));
+    let est = Est::start(&format!(
+        "[est]\nmanual_approval = [\"kubelet-serving\"]\nretry_after = \"7s\"\n\n\
+         [est.lab_basic_auth]\nusername = \"lab\"\npassword_sha256 = \"{password_sha256}\"\n"
+    ));
+    let node = (est.node_cert(), est.node_key());
+    let node = Some((node.0.as_path(), node.1.as_path()));
+    let config = est.dev.dir.path().join("core.toml");
+    let cli = |args: &[&str]| {
+        let out = run(Command::new(keygrid_integration::bin("keygrid"))
+            .args(args)
+            .arg("--config")
+            .arg(&config));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+
+    // Lab user: HTTP Basic enrolls any node's kubelet client certificate.
+    let csr = est.csr(
+        "lab",
+        "lab.key",
+        "/O=system:nodes/CN=system:node:lab1",
+        None,
+    );
+    let body = format!("@{}", csr.display());
+    let with_basic = |user: &str, op: &str| {
+        est.curl(
+            op,
+            &[
+                "-u",
+                user,
+                "-H",
+                "Content-Type: application/pkcs10",
+                "--data-binary",
+                &body,
+            ],
+        )
+    };
+    est.certs(
+        &with_basic("lab:lab-password", "kubelet-client/simpleenroll"),
+        "lab-chain.pem",
+    );
+    assert!(est
+        .leaf("lab-chain.pem", "lab.pem")
+        .contains("CN = system:node:lab1"));
+    let before = est.certificate_count();
+    est.refused(
+        "wrong password",
+        with_basic("lab:nope", "kubelet-client/simpleenroll"),
+        401,
+        "est-auth",
+        "wrong user name or password",
+        before,
+    );
+    est.refused(
+        "basic auth cannot renew",
+        with_basic("lab:lab-password", "kubelet-client/simplereenroll"),
+        401,
+        "est-auth",
+        "simplereenroll needs the TLS client certificate",
+        before,
+    );
+
+    // Deferred: 202 with Retry-After until approved, then the certificate, once.
+    let csr = est.csr(
+        "ks",
+        "ks.key",
+        "/O=system:nodes/CN=system:node:dev",
+        Some("DNS:dev"),
+    );
+    let headers = est.path("headers.txt");
+    let post_with_headers = || {
+        est.curl(
+            "kubelet-serving/simpleenroll",
+            &[
+                "-D",
+                headers.to_str().unwrap(),
+                "-H",
+                "Content-Type: application/pkcs10",
+                "--data-binary",
+                &format!("@{}", csr.display()),
+                "--cert",
+                node.unwrap().0.to_str().unwrap(),
+                "--key",
+                node.unwrap().1.to_str().unwrap(),
+            ],
+        )
+    };
+    for _ in 0..2 {
+        let r = post_with_headers();
+        assert_eq!(r.status, 202, "{}", r.text());
+        let h = std::fs::read_to_string(&headers)
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(h.contains("retry-after: 7"), "{h}");
+        assert_eq!(
+            est.certificate_count(),
+            before,
+            "nothing issued while pending"
+        );
+    }
+    let listed = cli(&["est", "pending"]);
+    let id = listed.split('\t').next().unwrap().trim().to_string();
+    assert!(
+        listed.contains("kubelet-serving") && listed.contains("system:node:dev"),
+        "{listed}"
+    );
+    cli(&["est", "approve", &id]);
+    assert!(cli(&["est", "pending"]).trim().is_empty());
+    est.certs(&post_with_headers(), "approved.pem");
+    est.leaf("approved.pem", "approved-leaf.pem");
+    let chain = std::fs::read_to_string(est.path("approved.pem")).unwrap();
+    std::fs::write(
+        est.path("nodes-ca.pem"),
+        pem_block_with(&chain, &est, "KeyGrid nodes CA"),
+    )
+    .unwrap();
+    est.verify("approved-leaf.pem", "sslserver");
+    let after = est.certificate_count();
+    assert_eq!(after, before + 1);
+    est.refused(
+        "answered twice",
+        post_with_headers(),
+        403,
+        "manual-approval",
+        "already answered",
+        after,
+    );
+
+    // Rejected: 403 on the retry.
+    let csr2 = est.csr(
+        "ks2",
+        "ks.key",
+        "/O=system:nodes/CN=system:node:dev",
+        Some("DNS:dev.example"),
+    );
+    let post2 = || est.post("kubelet-serving/simpleenroll", &csr2, node);
+    assert_eq!(post2().status, 202);
+    let id = cli(&["est", "pending"])
+        .split('\t')
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    cli(&["est", "reject", &id]);
+    est.refused(
+        "rejected",
+        post2(),
+        403,
+        "manual-approval",
+        "rejected by an operator",
+        after,
+    );
+    let decisions: i64 = est
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE kind LIKE 'est_enrollment_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(decisions, 2, "approval and rejection are audit events");
 }

@@ -451,11 +451,19 @@ impl Enroller {
                 }
                 Some(p) if p.state == "pending" => return Ok(Outcome::Deferred),
                 Some(p) if p.state == "approved" => {}
-                Some(p) => {
+                Some(p) if p.state == "rejected" => {
                     return Err(refuse(
                         "manual-approval",
                         StatusCode::FORBIDDEN,
-                        format!("this enrollment was {} by an operator", p.state),
+                        "this enrollment was rejected by an operator".into(),
+                    ))
+                }
+                Some(_) => {
+                    return Err(refuse(
+                        "manual-approval",
+                        StatusCode::FORBIDDEN,
+                        "this request was already answered with a certificate; send a new CSR"
+                            .into(),
                     ))
                 }
             }

@@ -3,6 +3,7 @@
 //! for nodes that hold no credential yet. See `docs/est.md`.
 //!
 //! Table of contents (one job per file):
+//! - [`approval`]: manual approval of deferred enrollments;
 //! - [`config`]: the `[est]` configuration section;
 //! - [`listener`]: TLS accept loop that tells handlers the client chain and channel binding;
 //! - [`auth`]: client certificate checks with reasons, lab HTTP Basic;
@@ -14,6 +15,7 @@
 //! - [`tpm`]: TPM-attested first enrollment of a node;
 //! - [`routes`]: the HTTP routes.
 
+pub mod approval;
 pub mod auth;
 pub mod binding;
 pub mod body;
