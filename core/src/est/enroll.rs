@@ -22,7 +22,7 @@ use super::{label_profile, EstError};
 use crate::ca::{profiles, NODES};
 use crate::issuance::{parse_csr, Issuance, IssueError, PROFILE_NODE};
 use crate::policy::{csr_key_info, PolicyRequest};
-use crate::store::{CertificateRecord, NodeRecord, PendingEnrollment, StoreError};
+use crate::store::{CertificateRecord, EkBinding, NodeRecord, PendingEnrollment, StoreError};
 
 /// `simpleenroll` or `simplereenroll`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -475,6 +475,7 @@ impl Enroller {
                 &attestation,
                 csr_der,
                 &csr,
+                None,
             )?;
             // A second retry of the same request gets nothing more.
             store.est_set_state(
@@ -493,6 +494,7 @@ impl Enroller {
             &attestation,
             csr_der,
             &csr,
+            None,
         )?))
     }
 
@@ -507,6 +509,7 @@ impl Enroller {
         attestation: &str,
         csr_der: &[u8],
         csr: &rcgen::CertificateSigningRequestParams,
+        ek: Option<&EkBinding>,
     ) -> Result<Vec<Vec<u8>>, EstError> {
         let subject = request
             .spiffe_id
@@ -561,17 +564,30 @@ impl Enroller {
             .map_err(internal)?;
         let record = issued.record(&nodes, profile_name, &subject);
         let store = self.issuance.store();
-        if profile_name == PROFILE_NODE {
-            store.renew_node(
-                &NodeRecord {
-                    spiffe_id: subject.clone(),
-                    attestation: attestation.to_string(),
-                    serial: issued.serial_hex.clone(),
-                    not_after: issued.not_after,
-                },
-                &record,
-                now.unix_timestamp(),
-            )?;
+        let node = NodeRecord {
+            spiffe_id: subject.clone(),
+            attestation: attestation.to_string(),
+            serial: issued.serial_hex.clone(),
+            not_after: issued.not_after,
+        };
+        if let Some(ek) = ek {
+            // First come, first bound; a conflict means another TPM has this name (or this
+            // TPM another name), and nothing is written.
+            match store.est_enroll_tpm_node(ek, &node, &record, now.unix_timestamp()) {
+                Ok(()) => {}
+                Err(StoreError::Conflict(why)) => {
+                    return Err(self.refuse(
+                        actor,
+                        &subject,
+                        "tpm-node-binding",
+                        StatusCode::FORBIDDEN,
+                        why,
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else if profile_name == PROFILE_NODE {
+            store.renew_node(&node, &record, now.unix_timestamp())?;
         } else {
             store.record_certificate(&record)?;
         }

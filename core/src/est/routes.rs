@@ -255,21 +255,23 @@ async fn dispatch(
             let challenge = op == "tpm-challenge";
             let result = tokio::task::spawn_blocking(move || {
                 if challenge {
-                    tpm.challenge(&enroller, &peer, &raw)
+                    tpm.challenge(&enroller, &peer, &raw).map(|json| {
+                        let mut r = (StatusCode::OK, json).into_response();
+                        r.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    })
                 } else {
-                    tpm.enroll(&enroller, &peer, &raw)
+                    tpm.enroll(&enroller, &peer, &raw).map(|chain| {
+                        base64_response(StatusCode::OK, body::PKCS7_CERTS_ONLY, &pkcs7::certs_only(&chain))
+                    })
                 }
             })
             .await;
             match result {
-                Ok(Ok(json)) => {
-                    let mut r = (StatusCode::OK, json).into_response();
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    r
-                }
+                Ok(Ok(r)) => r,
                 Ok(Err(e)) => e.into_response(),
                 Err(_) => EstError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
             }

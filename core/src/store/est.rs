@@ -124,6 +124,24 @@ impl Store {
             .optional()?)
     }
 
+    /// The binding of a node name, if a TPM enrolled it before.
+    pub fn ek_binding_of_node(&self, node_name: &str) -> Result<Option<EkBinding>, StoreError> {
+        Ok(self
+            .conn()?
+            .query_row(
+                "SELECT ek_hash, node_name, manufacturer FROM est_ek_bindings WHERE node_name = ?1",
+                params![node_name],
+                |r| {
+                    Ok(EkBinding {
+                        ek_hash: r.get(0)?,
+                        node_name: r.get(1)?,
+                        manufacturer: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     /// Enrolls a TPM-attested node, all or nothing: binds the EK to the node name (first
     /// come; `Conflict` if either is bound to another), records the node and its
     /// certificate.
