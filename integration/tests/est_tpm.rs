@@ -90,22 +90,30 @@ impl Reply {
 impl Lab {
     /// Two TPMs from the trusted local CA, one from a CA core does not know.
     fn start() -> Self {
+        Self::start_with(2, "")
+    }
+
+    /// `trusted` TPMs from the trusted local CA, then one from an unknown CA; `extra` is
+    /// appended to core's configuration before `[est.tpm]`.
+    fn start_with(trusted_tpms: usize, extra_toml: &str) -> Self {
         require_tool("curl", HINT);
         require_tool("openssl", HINT);
         let tpm_dir = tempfile::tempdir().unwrap();
         let trusted = LocalCa::new(&tpm_dir.path().join("trusted"));
         let unknown = LocalCa::new(&tpm_dir.path().join("unknown"));
-        let tpms = vec![
-            Swtpm::provision_and_start(&trusted, &tpm_dir.path().join("tpm0")),
-            Swtpm::provision_and_start(&trusted, &tpm_dir.path().join("tpm1")),
-            Swtpm::provision_and_start(&unknown, &tpm_dir.path().join("tpm2")),
-        ];
+        let mut tpms: Vec<Swtpm> = (0..trusted_tpms)
+            .map(|i| Swtpm::provision_and_start(&trusted, &tpm_dir.path().join(format!("tpm{i}"))))
+            .collect();
+        tpms.push(Swtpm::provision_and_start(
+            &unknown,
+            &tpm_dir.path().join("unknown"),
+        ));
         let dir = tempfile::tempdir().unwrap();
         let extra = dir.path().join("extra.toml");
         std::fs::write(
             &extra,
             format!(
-                "[est.tpm]\nmanufacturer_cas = [{:?}, {:?}]\n",
+                "{extra_toml}\n[est.tpm]\nmanufacturer_cas = [{:?}, {:?}]\n",
                 trusted.root_cert().display().to_string(),
                 trusted.issuer_cert().display().to_string()
             ),
@@ -469,4 +477,223 @@ fn a_node_enrolls_a_tpm_resident_key_and_forged_or_replayed_attestations_are_ref
         .query_row("SELECT attestation FROM nodes WHERE spiffe_id = 'spiffe://example.org/keygrid/node/node-b'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(attested, "tpm");
+}
+
+fn serial_and_spki(pem_text: &str) -> (String, Vec<u8>) {
+    let block = pem::parse_many(pem_text)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .expect("a certificate");
+    let (_, c) = x509_parser::parse_x509_certificate(block.contents()).unwrap();
+    (hex::encode(c.raw_serial()), c.public_key().raw.to_vec())
+}
+
+/// Reads a `*-current.pem` (key then chain) and checks that the key is the certificate's.
+fn consistent(text: &str) -> Result<String, String> {
+    let blocks = pem::parse_many(text).map_err(|e| format!("not PEM: {e}"))?;
+    let key = blocks
+        .iter()
+        .find(|p| p.tag() == "PRIVATE KEY")
+        .ok_or("no key")?;
+    let key = rcgen::KeyPair::from_pem(&pem::encode(key)).map_err(|e| format!("bad key: {e}"))?;
+    let (serial, spki) = serial_and_spki(text);
+    if rcgen::PublicKeyData::subject_public_key_info(&key) != spki {
+        return Err(format!("key does not match certificate {serial}"));
+    }
+    Ok(serial)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_enrolls_with_its_tpm_and_keeps_kubelet_files_current() {
+    use keygrid_integration::{with_header, workload_client, Agent};
+    use keygrid_proto::workload::X509svidRequest;
+
+    let lab = Lab::start_with(
+        1,
+        "[nodes]\ncert_ttl = \"1m\"\n\n[est]\nkubelet_cert_ttl = \"24s\"\n",
+    );
+    let node_id = "spiffe://example.org/keygrid/node/node-a";
+    let workload_id = "spiffe://example.org/tpm-node-workload";
+    let uid = keygrid_integration::uid();
+    let out = lab.dev.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        workload_id,
+        "--parent-id",
+        node_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubelet_dir = lab.dir.join("kubelet");
+    let agent = Agent::start(
+        &lab.dev,
+        "spiffe://example.org/keygrid/node/join-token-unused",
+        &lab.dev.listen,
+        &format!(
+            "\n[est]\nurl = {:?}\nnode_name = \"node-a\"\ntpm_tcti = {:?}\nkubelet_dir = {:?}\nserving_ips = [\"10.1.2.3\"]\n",
+            lab.est.trim_end_matches("/nodes"),
+            lab.tpms[0].tcti(),
+            kubelet_dir.display().to_string()
+        ),
+    );
+    assert!(
+        agent.log().contains("enrolled with TPM attestation"),
+        "{}",
+        agent.log()
+    );
+    let state = agent.dir.path().join("state");
+    assert!(
+        !state.join("node-key.pem").exists(),
+        "a TPM node keeps no key file"
+    );
+    let node_cert = || std::fs::read_to_string(state.join("node-cert.pem")).unwrap();
+    let (first_node_serial, node_spki) = serial_and_spki(&node_cert());
+
+    // The node API works over TLS signed by the TPM key: the workload gets its SVID.
+    let fetch = || async {
+        let mut client = workload_client(&agent.socket()).await;
+        let mut stream = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("SVID in time")
+            .unwrap()
+            .unwrap();
+        msg.svids[0].spiffe_id.clone()
+    };
+    assert_eq!(fetch().await, workload_id, "{}", agent.log());
+
+    // Kubelet files: client and serving, each key with its certificate, 0600.
+    let client_pem = kubelet_dir.join("kubelet-client-current.pem");
+    let serving_pem = kubelet_dir.join("kubelet-serving-current.pem");
+    wait_until("kubelet files", Duration::from_secs(30), || {
+        client_pem.exists() && serving_pem.exists()
+    });
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        &client_pem,
+        &serving_pem,
+        &kubelet_dir.join("kubelet-client.key"),
+    ] {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            f.display()
+        );
+    }
+    let client_text = std::fs::read_to_string(&client_pem).unwrap();
+    let first_client_serial = consistent(&client_text).unwrap();
+    let ossl = |args: &[&str]| {
+        let out = run(Command::new("openssl").args(args).current_dir(&kubelet_dir));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let subject = ossl(&[
+        "x509",
+        "-in",
+        "kubelet-client.crt",
+        "-noout",
+        "-subject",
+        "-ext",
+        "extendedKeyUsage",
+    ]);
+    assert!(
+        subject.contains("O = system:nodes")
+            && subject.contains("CN = system:node:node-a")
+            && subject.contains("Client Authentication"),
+        "{subject}"
+    );
+    let serving = ossl(&[
+        "x509",
+        "-in",
+        "kubelet-serving.crt",
+        "-noout",
+        "-ext",
+        "subjectAltName,extendedKeyUsage",
+    ]);
+    assert!(
+        serving.contains("DNS:node-a")
+            && serving.contains("IP Address:10.1.2.3")
+            && serving.contains("Server Authentication"),
+        "{serving}"
+    );
+    std::fs::write(
+        kubelet_dir.join("chain.pem"),
+        std::fs::read(kubelet_dir.join("kubelet-client.crt")).unwrap(),
+    )
+    .unwrap();
+    let ok = ossl(&[
+        "verify",
+        "-CAfile",
+        "ca.pem",
+        "-untrusted",
+        "chain.pem",
+        "-purpose",
+        "sslclient",
+        "kubelet-client.crt",
+    ]);
+    assert!(ok.contains(": OK"), "{ok}");
+
+    // Renewal (two thirds of 24 s) while a reader polls the file: every read is a whole,
+    // consistent key + certificate; the serial changes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (client_pem.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut serials = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                serials
+                    .insert(consistent(&text).unwrap_or_else(|e| panic!("inconsistent read: {e}")));
+            }
+            serials
+        })
+    };
+    wait_until("kubelet client renewal", Duration::from_secs(40), || {
+        consistent(&std::fs::read_to_string(&client_pem).unwrap()).unwrap() != first_client_serial
+    });
+    // Let the reader see the new file too.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().expect("reader saw only consistent files");
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        !agent.log().contains("re-enrollment refused"),
+        "renewed with simplereenroll:\n{}",
+        agent.log()
+    );
+
+    // The node certificate (1 minute) is re-enrolled over EST with the TPM key, and the
+    // node API keeps working with the new certificate.
+    wait_until("node certificate renewal", Duration::from_secs(60), || {
+        serial_and_spki(&node_cert()).0 != first_node_serial
+    });
+    let (_, renewed_spki) = serial_and_spki(&node_cert());
+    assert_eq!(
+        renewed_spki, node_spki,
+        "the renewed node certificate certifies the same TPM key"
+    );
+    assert_eq!(fetch().await, workload_id);
+    let log = agent.log();
+    drop(agent);
+
+    // The node key is the TPM's: the TPM re-derives it.
+    let tpm = lab.tpm(0);
+    let key = tpm.lock().unwrap().enrollment_key().unwrap();
+    assert_eq!(key.spki_der, node_spki, "{log}");
 }

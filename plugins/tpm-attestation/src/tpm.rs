@@ -426,3 +426,12 @@ fn tpm2b_public(public: &Public) -> Result<Vec<u8>> {
     out.extend_from_slice(&tpmt);
     Ok(out)
 }
+
+#[cfg(test)]
+mod send_check {
+    #[test]
+    fn attestor_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<super::TpmAttestor>();
+    }
+}
