@@ -65,6 +65,7 @@ impl EstListener {
                 if tx.is_closed() {
                     break;
                 }
+                let _ = stream.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(config.borrow().clone());
                 let tx = tx.clone();
                 tokio::spawn(async move {
