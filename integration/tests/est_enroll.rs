@@ -605,8 +605,8 @@ fn deferred_enrollment_waits_for_the_operator_and_lab_basic_auth_is_opt_in() {
         "[est]\nmanual_approval = [\"kubelet-serving\"]\nretry_after = \"7s\"\n\n\
          [est.lab_basic_auth]\nusername = \"lab\"\npassword_sha256 = \"{password_sha256}\"\n"
     ));
-    let node = (est.node_cert(), est.node_key());
-    let node = Some((node.0.as_path(), node.1.as_path()));
+    let (node_cert, node_key) = (est.node_cert(), est.node_key());
+    let node = Some((node_cert.as_path(), node_key.as_path()));
     let config = est.dev.dir.path().join("core.toml");
     let cli = |args: &[&str]| {
         let out = run(Command::new(keygrid_integration::bin("keygrid"))
@@ -686,9 +686,9 @@ fn deferred_enrollment_waits_for_the_operator_and_lab_basic_auth_is_opt_in() {
                 "--data-binary",
                 &format!("@{}", csr.display()),
                 "--cert",
-                node.unwrap().0.to_str().unwrap(),
+                node_cert.to_str().unwrap(),
                 "--key",
-                node.unwrap().1.to_str().unwrap(),
+                node_key.to_str().unwrap(),
             ],
         )
     };

@@ -392,10 +392,7 @@ fn a_node_enrolls_a_tpm_resident_key_and_forged_or_replayed_attestations_are_ref
 
     // Unknown manufacturer: TPM 2's EK certificate chains to a CA core does not trust.
     let tpm2 = lab.tpm(2);
-    let reply = lab
-        .start_enrollment(&tpm2, "node-c")
-        .err()
-        .expect("refused");
+    let reply = lab.start_enrollment(&tpm2, "node-c").expect_err("refused");
     lab.refused(
         "unknown EK CA",
         reply,
@@ -407,10 +404,7 @@ fn a_node_enrolls_a_tpm_resident_key_and_forged_or_replayed_attestations_are_ref
 
     // A TPM claiming node-a, which TPM 0 holds.
     let tpm1 = lab.tpm(1);
-    let reply = lab
-        .start_enrollment(&tpm1, "node-a")
-        .err()
-        .expect("refused");
+    let reply = lab.start_enrollment(&tpm1, "node-a").expect_err("refused");
     lab.refused(
         "name bound to another EK",
         reply,
@@ -421,10 +415,7 @@ fn a_node_enrolls_a_tpm_resident_key_and_forged_or_replayed_attestations_are_ref
     );
 
     // A bound TPM claiming another name.
-    let reply = lab
-        .start_enrollment(&tpm0, "node-z")
-        .err()
-        .expect("refused");
+    let reply = lab.start_enrollment(&tpm0, "node-z").expect_err("refused");
     lab.refused(
         "bound TPM, other name",
         reply,

@@ -38,8 +38,11 @@ pub fn certs_only(certs: &[Vec<u8>]) -> Vec<u8> {
     )
 }
 
-/// Splits one DER TLV off `input`: (tag, content, whole TLV, rest). Definite lengths only.
-fn take(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER TLV split off its input: (tag, content, whole TLV, rest).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits one DER TLV off `input`. Definite lengths only.
+fn take(input: &[u8]) -> Option<Tlv<'_>> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

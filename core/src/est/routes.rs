@@ -126,9 +126,10 @@ async fn dispatch(
         )
         .into_response();
     };
-    let want = |m: Method| -> Result<(), Response> {
+    // `Some(response)` when the method is wrong.
+    let wrong_method = |m: Method| -> Option<Response> {
         if method == m {
-            Ok(())
+            None
         } else {
             let mut r = EstError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{op} takes {m}"))
                 .into_response();
@@ -136,12 +137,12 @@ async fn dispatch(
                 header::ALLOW,
                 HeaderValue::from_static(if m == Method::GET { "GET" } else { "POST" }),
             );
-            Err(r)
+            Some(r)
         }
     };
     match op.as_str() {
         "cacerts" => {
-            if let Err(r) = want(Method::GET) {
+            if let Some(r) = wrong_method(Method::GET) {
                 return r;
             }
             let h = enroller.issuance().hierarchy();
@@ -154,7 +155,7 @@ async fn dispatch(
             base64_response(StatusCode::OK, body::PKCS7, &pkcs7::certs_only(&certs))
         }
         "csrattrs" => {
-            if let Err(r) = want(Method::GET) {
+            if let Some(r) = wrong_method(Method::GET) {
                 return r;
             }
             let allowed = enroller.issuance().policy().allowed_keys(profile);
@@ -165,7 +166,7 @@ async fn dispatch(
             base64_response(StatusCode::OK, body::CSRATTRS, &der)
         }
         "simpleenroll" | "simplereenroll" => {
-            if let Err(r) = want(Method::POST) {
+            if let Some(r) = wrong_method(Method::POST) {
                 return r;
             }
             let operation = if op == "simpleenroll" {
@@ -227,7 +228,7 @@ async fn dispatch(
             }
         }
         "tpm-challenge" | "tpm-enroll" if label == "nodes" => {
-            if let Err(r) = want(Method::POST) {
+            if let Some(r) = wrong_method(Method::POST) {
                 return r;
             }
             let Some(tpm) = st.tpm.clone() else {
