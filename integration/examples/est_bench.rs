@@ -71,7 +71,8 @@ async fn est_run(
                     break;
                 };
                 let s = Instant::now();
-                est.enroll(label, reenroll, &csr, identity.clone())
+                let make = move |_: &str| Ok(csr.clone());
+                est.enroll(label, reenroll, &make, identity.clone())
                     .await
                     .expect("enroll");
                 lat.push(s.elapsed());
@@ -136,8 +137,10 @@ async fn main() {
     // Wait for EST and warm up.
     let start = Instant::now();
     loop {
+        let warm = csr();
+        let make = move |_: &str| Ok(warm.clone());
         if est
-            .enroll("kubelet-client", false, &csr(), identity.clone())
+            .enroll("kubelet-client", false, &make, identity.clone())
             .await
             .is_ok()
         {

@@ -381,6 +381,37 @@ fn curl_and_openssl_enroll_reenroll_and_are_refused_with_reasons() {
 
     // Refusals.
     let before = est.certificate_count();
+
+    // A CSR bound to another TLS connection (challengePassword that is not this
+    // connection's tls-exporter value): refused even though binding is optional.
+    std::fs::write(
+        est.path("bound.cnf"),
+        "[req]\nprompt = no\ndistinguished_name = dn\nattributes = attrs\n[dn]\nO = system:nodes\n\
+         CN = system:node:dev\n[attrs]\nchallengePassword = c29tZSBvdGhlciBjb25uZWN0aW9uJ3MgdmFsdWU=\n",
+    )
+    .unwrap();
+    est.openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "kc.key",
+        "-config",
+        "bound.cnf",
+        "-outform",
+        "DER",
+        "-out",
+        "bound.der",
+    ]);
+    let encoded = run(Command::new("base64").arg(est.path("bound.der")));
+    std::fs::write(est.path("bound.b64"), &encoded.stdout).unwrap();
+    est.refused(
+        "CSR bound to another connection",
+        est.post("kubelet-client/simpleenroll", &est.path("bound.b64"), node),
+        403,
+        "channel-binding",
+        "is not this TLS connection's tls-exporter value",
+        before,
+    );
     let csr = est.csr(
         "anon",
         "anon.key",

@@ -500,9 +500,10 @@ async fn the_agent_enrolls_with_its_tpm_and_keeps_kubelet_files_current() {
     use keygrid_integration::{with_header, workload_client, Agent};
     use keygrid_proto::workload::X509svidRequest;
 
+    // Every CSR the agent sends must carry its connection's channel binding.
     let lab = Lab::start_with(
         1,
-        "[nodes]\ncert_ttl = \"1m\"\n\n[est]\nkubelet_cert_ttl = \"24s\"\n",
+        "[nodes]\ncert_ttl = \"1m\"\n\n[est]\nkubelet_cert_ttl = \"24s\"\nchannel_binding = \"required\"\n",
     );
     let node_id = "spiffe://example.org/keygrid/node/node-a";
     let workload_id = "spiffe://example.org/tpm-node-workload";

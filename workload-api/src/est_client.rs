@@ -111,6 +111,19 @@ pub fn certs_of(body: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(certs)
 }
 
+/// The CSR attribute carrying a connection's channel binding: challengePassword
+/// (1.2.840.113549.1.9.7) = UTF8String of the base64 tls-exporter value.
+pub fn binding_attribute(binding: &str) -> rcgen::Attribute {
+    let mut utf8 = vec![0x0c, binding.len() as u8];
+    utf8.extend_from_slice(binding.as_bytes());
+    let mut set = vec![0x31, utf8.len() as u8];
+    set.extend_from_slice(&utf8);
+    rcgen::Attribute {
+        oid: &[1, 2, 840, 113549, 1, 9, 7],
+        values: set,
+    }
+}
+
 /// Orders a chain leaf first: the one certificate that issued none of the others.
 pub fn leaf_first(mut certs: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let subjects: Vec<Vec<u8>> = certs
@@ -171,6 +184,19 @@ impl EstClient {
         body: Vec<u8>,
         identity: Option<Arc<CertifiedKey>>,
     ) -> anyhow::Result<Reply> {
+        self.send_bound(op, content_type, identity, |_| Ok(body))
+            .await
+    }
+
+    /// Sends a request whose body is made once the TLS connection exists, from its
+    /// channel-binding value (the challengePassword of a CSR, RFC 7030 §3.5 via RFC 9266).
+    async fn send_bound(
+        &self,
+        op: &str,
+        content_type: &str,
+        identity: Option<Arc<CertifiedKey>>,
+        make_body: impl FnOnce(&str) -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -194,6 +220,12 @@ impl EstClient {
             .connect(name, tcp)
             .await
             .context("EST TLS handshake failed")?;
+        let exporter = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .map_err(|e| anyhow::anyhow!("no TLS exporter: {e}"))?;
+        let body = make_body(&base64::engine::general_purpose::STANDARD.encode(exporter))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -231,13 +263,16 @@ impl EstClient {
         })
     }
 
-    /// `simpleenroll` (or `simplereenroll`) of `csr_der` on `label` with `identity` as TLS
-    /// client certificate; waits through 202s. Returns the chain, leaf first.
+    /// `simpleenroll` (or `simplereenroll`) on `label` with `identity` as TLS client
+    /// certificate. `make_csr` builds the DER CSR for each connection from its channel
+    /// binding (put it in the challengePassword with [`binding_attribute`]); it must use
+    /// the same key every time, so a deferred request is found again. Waits through 202s.
+    /// Returns the chain, leaf first.
     pub async fn enroll(
         &self,
         label: &str,
         reenroll: bool,
-        csr_der: &[u8],
+        make_csr: &(dyn Fn(&str) -> anyhow::Result<Vec<u8>> + Send + Sync),
         identity: Arc<CertifiedKey>,
     ) -> anyhow::Result<Vec<Vec<u8>>> {
         let op = if reenroll {
@@ -245,16 +280,17 @@ impl EstClient {
         } else {
             "simpleenroll"
         };
-        let body = base64::engine::general_purpose::STANDARD
-            .encode(csr_der)
-            .into_bytes();
         for _ in 0..MAX_DEFERRALS {
             let r = self
-                .send(
+                .send_bound(
                     &format!("{label}/{op}"),
                     "application/pkcs10",
-                    body.clone(),
                     Some(identity.clone()),
+                    |binding| {
+                        Ok(base64::engine::general_purpose::STANDARD
+                            .encode(make_csr(binding)?)
+                            .into_bytes())
+                    },
                 )
                 .await?;
             match r.status {
@@ -309,23 +345,19 @@ impl EstClient {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "KeyGrid agent");
-        let csr = key.csr(&params)?;
-        let finish = EnrollmentFinish {
-            version: keygrid_tpm_attestation::wire::PROTOCOL_VERSION,
-            node_name: node_name.to_string(),
-            response,
-            key_public: key.with_tpm(|_, k| k.public.clone()),
-            certify_info: certify.0,
-            certify_signature: certify.1,
-            csr,
-        };
         let r = self
-            .send(
-                "nodes/tpm-enroll",
-                "application/json",
-                finish.encode(),
-                None,
-            )
+            .send_bound("nodes/tpm-enroll", "application/json", None, |binding| {
+                let finish = EnrollmentFinish {
+                    version: keygrid_tpm_attestation::wire::PROTOCOL_VERSION,
+                    node_name: node_name.to_string(),
+                    response,
+                    key_public: key.with_tpm(|_, k| k.public.clone()),
+                    certify_info: certify.0,
+                    certify_signature: certify.1,
+                    csr: key.csr(&params, binding)?,
+                };
+                Ok(finish.encode())
+            })
             .await?;
         if r.status != 200 {
             bail!(

@@ -153,16 +153,22 @@ async fn obtain(
 ) -> anyhow::Result<KubeletCredential> {
     let client = EstClient::new(&est.url, &core.roots_pem())?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let csr = csr_params(est, kind)?
-        .serialize_request(&key)?
-        .der()
-        .to_vec();
+    let params = csr_params(est, kind)?;
+    let make_csr = |binding: &str| -> anyhow::Result<Vec<u8>> {
+        Ok(params
+            .serialize_request_with_attributes(
+                &key,
+                vec![crate::est_client::binding_attribute(binding)],
+            )?
+            .der()
+            .to_vec())
+    };
     if let Some(cur) = current.filter(|c| kind == Kind::Client && c.not_after > now() + 5) {
         match client
             .enroll(
                 kind.label(),
                 true,
-                &csr,
+                &make_csr,
                 software_identity(&cur.chain, &cur.key_pem)?,
             )
             .await
@@ -174,7 +180,12 @@ async fn obtain(
         }
     }
     let chain = client
-        .enroll(kind.label(), false, &csr, core.credential().tls_identity()?)
+        .enroll(
+            kind.label(),
+            false,
+            &make_csr,
+            core.credential().tls_identity()?,
+        )
         .await?;
     KubeletCredential::from_parts(chain, key.serialize_pem())
 }

@@ -470,13 +470,11 @@ impl CoreClient {
                         .context("node SPIFFE ID")?,
                 )];
                 let key = key.clone();
-                let csr = {
-                    let key = key.clone();
-                    tokio::task::spawn_blocking(move || key.csr(&params)).await??
-                };
                 let client = crate::est_client::EstClient::new(&est.url, &self.roots())?;
+                let signer = key.clone();
+                let make_csr = move |binding: &str| signer.csr(&params, binding);
                 let chain = client
-                    .enroll("nodes", true, &csr, current.tls_identity()?)
+                    .enroll("nodes", true, &make_csr, current.tls_identity()?)
                     .await?;
                 NodeCredential::new(chain, NodeKey::Tpm(key))?
             }

@@ -56,10 +56,20 @@ impl TpmNodeKey {
         &self.key.spki_der
     }
 
-    /// A CSR for `params`, signed in the TPM.
-    pub fn csr(self: &Arc<Self>, params: &rcgen::CertificateParams) -> anyhow::Result<Vec<u8>> {
+    /// A CSR for `params` carrying the connection's channel `binding`, signed in the TPM.
+    pub fn csr(
+        self: &Arc<Self>,
+        params: &rcgen::CertificateParams,
+        binding: &str,
+    ) -> anyhow::Result<Vec<u8>> {
         let signer = CsrSigner(self.clone());
-        Ok(params.serialize_request(&signer)?.der().to_vec())
+        Ok(params
+            .serialize_request_with_attributes(
+                &signer,
+                vec![crate::est_client::binding_attribute(binding)],
+            )?
+            .der()
+            .to_vec())
     }
 
     fn sign(&self, message: &[u8], pss: bool) -> Result<Vec<u8>, String> {

@@ -434,7 +434,21 @@ impl Enroller {
             .unwrap_or_default();
 
         if op == Operation::Enroll && self.cfg.manual_approval.iter().any(|l| l == label) {
-            let id = crate::ca::sha256_hex(&[label.as_bytes(), &[0], csr_der].concat());
+            // The same key asking for the same names is the same request, whatever its
+            // challengePassword (the channel binding differs on every connection).
+            let spki = X509CertificationRequest::from_der(csr_der)
+                .map(|(_, c)| c.certification_request_info.subject_pki.raw.to_vec())
+                .unwrap_or_default();
+            let id = crate::ca::sha256_hex(
+                &[
+                    label.as_bytes(),
+                    &[0],
+                    &spki,
+                    &[0],
+                    format!("{names:?}").as_bytes(),
+                ]
+                .concat(),
+            );
             let store = self.issuance.store();
             match store.est_pending(&id)? {
                 None => {
