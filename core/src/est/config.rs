@@ -120,6 +120,9 @@ impl EstConfig {
                 ));
             }
         }
+        if self.kubelet_cert_ttl < Duration::from_secs(10) {
+            return Err("est.kubelet_cert_ttl must be at least 10s".into());
+        }
         if self.max_body_bytes < 1024 || self.max_body_bytes > 1024 * 1024 {
             return Err("est.max_body_bytes must be between 1024 and 1048576".into());
         }
@@ -142,5 +145,53 @@ impl EstConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::CoreConfig;
+    use std::path::Path;
+
+    fn parse(est: &str) -> Result<CoreConfig, String> {
+        CoreConfig::parse(
+            &format!("trust_domain = \"example.org\"\ndata_dir = \"/d\"\n{est}"),
+            Path::new("core.toml"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn est_is_off_by_default_with_safe_defaults() {
+        let cfg = parse("").unwrap();
+        assert!(cfg.est.listen.is_none());
+        assert!(cfg.est.lab_basic_auth.is_none() && cfg.est.tpm.is_none());
+        assert_eq!(
+            cfg.est.labels,
+            ["nodes", "kubelet-client", "kubelet-serving"]
+        );
+        let on =
+            parse("[est]\nlisten = \"127.0.0.1:8443\"\nchannel_binding = \"required\"\n").unwrap();
+        assert_eq!(on.est.channel_binding, super::ChannelBinding::Required);
+    }
+
+    #[test]
+    fn bad_est_sections_name_the_field() {
+        for (text, field) in [
+            ("[est]\nlabels = [\"control-plane\"]\n", "est.labels"),
+            ("[est]\nlabels = [\"nodes\", \"nodes\"]\n", "est.labels"),
+            ("[est]\nmanual_approval = [\"x\"]\n", "est.manual_approval"),
+            ("[est]\nkubelet_cert_ttl = \"1s\"\n", "est.kubelet_cert_ttl"),
+            ("[est]\nmax_body_bytes = 10\n", "est.max_body_bytes"),
+            (
+                "[est.lab_basic_auth]\nusername = \"a\"\npassword_sha256 = \"secret\"\n",
+                "password_sha256",
+            ),
+            ("[est.tpm]\n", "est.tpm"),
+            ("[est]\nlisten_addr = \"x\"\n", "listen_addr"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 }
