@@ -185,3 +185,144 @@ pub fn verify_key_certification(
     }
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::public_area::tests::{rsa_tpmt, tpm2b};
+    use crate::public_area::{ALG_NULL, ALG_RSASSA, ALG_SHA256};
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::RSA_PKCS1_SHA256;
+    use x509_parser::prelude::FromDer;
+
+    const KEY_ATTRS: u32 = attr::FIXED_TPM
+        | attr::FIXED_PARENT
+        | attr::SENSITIVE_DATA_ORIGIN
+        | attr::USER_WITH_AUTH
+        | attr::SIGN;
+    const AK_ATTRS: u32 = KEY_ATTRS | attr::RESTRICTED;
+
+    /// A software key pair with its public area (unit tests only; swtpm proves the rest).
+    fn soft_key(attrs: u32, scheme: u16) -> (KeyPair, Vec<u8>) {
+        let key = KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let der: PublicKeyX509Der = aws_lc_rs::signature::KeyPair::public_key(&key)
+            .as_der()
+            .unwrap();
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref()).unwrap();
+        let modulus = match spki.parsed().unwrap() {
+            x509_parser::public_key::PublicKey::RSA(rsa) => rsa
+                .modulus
+                .iter()
+                .skip_while(|b| **b == 0)
+                .copied()
+                .collect::<Vec<u8>>(),
+            _ => unreachable!(),
+        };
+        let hash = (scheme != ALG_NULL).then_some(ALG_SHA256);
+        (key, tpm2b(&rsa_tpmt(attrs, None, scheme, hash, &modulus)))
+    }
+
+    fn attest(magic: u32, nonce: &[u8], name: &[u8]) -> Vec<u8> {
+        let mut a = magic.to_be_bytes().to_vec();
+        a.extend_from_slice(&ST_ATTEST_CERTIFY.to_be_bytes());
+        a.extend_from_slice(&tpm2b(b""));
+        a.extend_from_slice(&tpm2b(nonce));
+        a.extend_from_slice(&[0u8; 17]);
+        a.extend_from_slice(&[0u8; 8]);
+        a.extend_from_slice(&tpm2b(name));
+        a.extend_from_slice(&tpm2b(b""));
+        a
+    }
+
+    fn sign(key: &KeyPair, msg: &[u8]) -> Vec<u8> {
+        let mut sig = vec![0u8; key.public_modulus_len()];
+        key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg, &mut sig)
+            .unwrap();
+        sig
+    }
+
+    #[test]
+    fn only_the_ak_certifying_this_key_over_this_nonce_is_accepted() {
+        let (ak_key, ak_pub) = soft_key(AK_ATTRS, ALG_RSASSA);
+        let ak = PublicArea::from_tpm2b(&ak_pub, "AK").unwrap();
+        let (_, key_pub) = soft_key(KEY_ATTRS, ALG_NULL);
+        let name = PublicArea::from_tpm2b(&key_pub, "key")
+            .unwrap()
+            .name()
+            .unwrap();
+        let nonce = [7u8; 32];
+        let good = attest(TPM_GENERATED, &nonce, &name);
+        let certified =
+            verify_key_certification(&ak, &key_pub, &good, &sign(&ak_key, &good), &nonce).unwrap();
+        assert_eq!(certified.name().unwrap(), name);
+
+        // Another nonce (a replayed certification).
+        let e = verify_key_certification(&ak, &key_pub, &good, &sign(&ak_key, &good), &[8u8; 32])
+            .unwrap_err();
+        assert!(matches!(e, AttestationError::Challenge(_)), "{e}");
+        // Signed by another key than the attested AK.
+        let (other, _) = soft_key(AK_ATTRS, ALG_RSASSA);
+        let e = verify_key_certification(&ak, &key_pub, &good, &sign(&other, &good), &nonce)
+            .unwrap_err();
+        assert!(matches!(e, AttestationError::SignatureInvalid(_)), "{e}");
+        // A certification of another key presented with this key.
+        let (_, other_pub) = soft_key(KEY_ATTRS, ALG_NULL);
+        let e = verify_key_certification(&ak, &other_pub, &good, &sign(&ak_key, &good), &nonce)
+            .unwrap_err();
+        assert!(matches!(e, AttestationError::AttestationKey(_)), "{e}");
+        // Not TPM-generated.
+        let forged = attest(0x1234_5678, &nonce, &name);
+        let e = verify_key_certification(&ak, &key_pub, &forged, &sign(&ak_key, &forged), &nonce)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a TPM-generated"), "{e}");
+        // Trailing bytes.
+        let mut long = good.clone();
+        long.push(0);
+        assert!(
+            verify_key_certification(&ak, &key_pub, &long, &sign(&ak_key, &long), &nonce).is_err()
+        );
+    }
+
+    #[test]
+    fn keys_that_can_leave_the_tpm_or_decrypt_are_refused() {
+        let (ak_key, ak_pub) = soft_key(AK_ATTRS, ALG_RSASSA);
+        let ak = PublicArea::from_tpm2b(&ak_pub, "AK").unwrap();
+        let nonce = [1u8; 32];
+        for attrs in [
+            KEY_ATTRS & !attr::FIXED_TPM,
+            KEY_ATTRS & !attr::SENSITIVE_DATA_ORIGIN,
+            KEY_ATTRS | attr::DECRYPT,
+        ] {
+            let (_, key_pub) = soft_key(attrs, ALG_NULL);
+            let name = PublicArea::from_tpm2b(&key_pub, "key")
+                .unwrap()
+                .name()
+                .unwrap();
+            let a = attest(TPM_GENERATED, &nonce, &name);
+            let e = verify_key_certification(&ak, &key_pub, &a, &sign(&ak_key, &a), &nonce)
+                .unwrap_err();
+            assert!(
+                matches!(e, AttestationError::AttestationKey(_)),
+                "{attrs:#x}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn enrollment_messages_are_bounded() {
+        let start = EnrollmentStart::new(
+            "x".repeat(MAX_NODE_NAME + 1),
+            AttestationData {
+                version: PROTOCOL_VERSION,
+                ek_certificate: None,
+                ek_public: vec![1; 10],
+                ak_public: vec![1; 10],
+                ak_name: vec![1; 34],
+            },
+        );
+        assert!(EnrollmentStart::decode(&start.encode()).is_err());
+        assert!(EnrollmentFinish::decode(b"{\"version\":1}").is_err());
+    }
+}
