@@ -336,6 +336,24 @@ fn curl_and_openssl_enroll_reenroll_and_are_refused_with_reasons() {
     );
     assert!(first.contains("TLS Web Client Authentication"), "{first}");
     est.verify("kc.pem", "sslclient");
+    // The same over TLS 1.2 (client certificate signature in the TLS 1.2 handshake).
+    let (cert, key) = (est.node_cert(), est.node_key());
+    let tls12 = est.curl(
+        "kubelet-client/simpleenroll",
+        &[
+            "--tls-max",
+            "1.2",
+            "-H",
+            "Content-Type: application/pkcs10",
+            "--data-binary",
+            &format!("@{}", est.path("kc.b64").display()),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    est.certs(&tls12, "kc-tls12.pem");
 
     // RFC 8951: CRLF line breaks in the body are fine.
     let csr = est.csr(
