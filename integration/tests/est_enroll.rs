@@ -816,3 +816,44 @@ fn deferred_enrollment_waits_for_the_operator_and_lab_basic_auth_is_opt_in() {
         .unwrap();
     assert_eq!(decisions, 2, "approval and rejection are audit events");
 }
+
+#[test]
+fn a_join_token_agent_gets_kubelet_files_over_est_with_its_software_node_key() {
+    let est = Est::start("");
+    let agent = keygrid_integration::Agent::start(
+        &est.dev,
+        "spiffe://example.org/keygrid/node/node-s",
+        &est.dev.listen,
+        &format!(
+            "\n[est]\nurl = {:?}\nnode_name = \"node-s\"\nkubelet_dir = {:?}\n",
+            est.url,
+            est.dir.join("kubelet").display().to_string()
+        ),
+    );
+    let dir = est.dir.join("kubelet");
+    wait_until("kubelet files", Duration::from_secs(30), || {
+        dir.join("kubelet-client-current.pem").exists()
+            && dir.join("kubelet-serving-current.pem").exists()
+    });
+    assert!(
+        agent.dir.path().join("state/node-key.pem").exists(),
+        "a join-token node keeps its software key"
+    );
+    let client = est.openssl(&[
+        "x509",
+        "-in",
+        dir.join("kubelet-client.crt").to_str().unwrap(),
+        "-noout",
+        "-subject",
+    ]);
+    assert!(client.contains("CN = system:node:node-s"), "{client}");
+    let serving = est.openssl(&[
+        "x509",
+        "-in",
+        dir.join("kubelet-serving.crt").to_str().unwrap(),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(serving.contains("DNS:node-s"), "{serving}");
+}
