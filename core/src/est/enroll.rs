@@ -687,13 +687,7 @@ impl Enroller {
                     "node certificates carry no DNS or IP names".into(),
                 ));
             }
-            let mut req = profiles::LeafRequest {
-                common_name: Some("KeyGrid agent".into()),
-                spiffe_id: Some(id),
-                ..Default::default()
-            };
-            req.organizations.clear();
-            return Ok((req, attestation));
+            return Ok((request_from(profile, names, Some(&id)), attestation));
         }
         // kubelet-client / kubelet-serving.
         let cn = names.common_name().unwrap_or_default();
