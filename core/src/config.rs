@@ -53,6 +53,9 @@ pub struct CoreConfig {
     /// The tamper-evident audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The EST enrollment server (RFC 7030); off unless `[est] listen` is set.
+    #[serde(default)]
+    pub est: crate::est::EstConfig,
 }
 
 /// Environment variable that carries the software backend's key-encryption key; it wins over
@@ -503,6 +506,7 @@ impl CoreConfig {
                 None => e,
             }));
         }
+        cfg.est.validate().map_err(invalid)?;
         for c in &cfg.ca.control_plane_ips {
             parse_cidr(c).map_err(|e| invalid(format!("ca.control_plane_ips: {e}")))?;
         }

@@ -48,6 +48,13 @@ pub struct DevArgs {
     /// or PEM), repeatable. Its bundle goes to every workload.
     #[arg(long = "federation", value_name = "TD=FILE")]
     pub federation: Vec<String>,
+    /// Address of the EST server (HTTPS, `/.well-known/est/`; off when not given).
+    #[arg(long)]
+    pub est_listen: Option<std::net::SocketAddr>,
+    /// A TOML file appended to the generated core configuration (policy rules, `[est]`
+    /// options such as `manual_approval` or `[est.tpm]`), for trying features out.
+    #[arg(long)]
+    pub config_append: Option<PathBuf>,
     /// The agent binary; defaults to `keygrid-agent` beside this binary.
     #[arg(long, env = "KEYGRID_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
@@ -154,6 +161,18 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
                 humantime::format_duration(d)
             ));
         }
+    }
+    if let Some(extra) = &args.config_append {
+        let text = std::fs::read_to_string(extra)
+            .with_context(|| format!("cannot read {}", extra.display()))?;
+        toml.push_str(&format!("\n# Appended from {}\n{text}\n", extra.display()));
+    }
+    if let Some(addr) = args.est_listen {
+        // Last, so that an appended file may add keys to [est] only through this table.
+        if !toml.contains("\n[est]") {
+            toml.push_str("\n[est]\n");
+        }
+        toml = toml.replacen("\n[est]\n", &format!("\n[est]\nlisten = \"{addr}\"\n"), 1);
     }
     write_atomic(&core_config, toml.as_bytes(), 0o600)?;
     Ok(DevPlan {

@@ -106,7 +106,7 @@ pub struct Issuance {
 }
 
 /// Parses a DER CSR and checks its self-signature (proof of possession of the key).
-fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> {
+pub(crate) fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> {
     if der.is_empty() {
         return Err(IssueError::InvalidArgument("csr is required".into()));
     }
@@ -198,6 +198,26 @@ impl Issuance {
     /// The CA hierarchy.
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.ca
+    }
+
+    /// The store, for issuance paths that live in their own modules (EST).
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Lifetimes in force.
+    pub(crate) fn settings(&self) -> &IssuanceSettings {
+        &self.settings
+    }
+
+    /// The policy in force (EST's `/csrattrs` tells clients what it requires).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Where certificates' AIA and CDP point, when the HTTP listener is on.
+    pub(crate) fn revocation_urls(&self) -> Option<&crate::revocation::pointers::RevocationUrls> {
+        self.revocation_urls.as_ref()
     }
 
     /// Exchanges a one-time join token and a CSR for a node certificate.

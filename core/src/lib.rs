@@ -12,6 +12,7 @@ pub mod ca;
 pub mod config;
 pub mod default_identity;
 pub mod dev;
+pub mod est;
 pub mod federation;
 pub mod http;
 pub mod identity;

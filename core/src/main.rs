@@ -69,6 +69,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// EST enrollments waiting for manual approval (`est.manual_approval`).
+    Est {
+        #[command(subcommand)]
+        command: EstCommand,
+    },
     /// Run the OCSP responder on its own, against core's store.
     Ocsp {
         #[command(subcommand)]
@@ -160,6 +165,32 @@ enum AuditCommand {
         /// Keep printing new records as they are appended.
         #[arg(long, short)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EstCommand {
+    /// List enrollments waiting for approval.
+    Pending {
+        /// Core configuration (TOML); the store it names is read directly.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Approve a waiting enrollment; the client gets its certificate on its next retry.
+    Approve {
+        /// The enrollment id (from `keygrid est pending`).
+        id: String,
+        /// Core configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Reject a waiting enrollment; the client gets 403 on its next retry.
+    Reject {
+        /// The enrollment id.
+        id: String,
+        /// Core configuration (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -751,9 +782,36 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
         | Command::Restore { .. }
         | Command::Dev(_)
         | Command::Ocsp { .. }
+        | Command::Est { .. }
         | Command::Policy { .. }
         | Command::Bench { .. } => {
             unreachable!("handled in run")
+        }
+    }
+    Ok(())
+}
+
+fn est_command(command: EstCommand) -> anyhow::Result<()> {
+    let open = |config: &std::path::Path| -> anyhow::Result<keygrid_core::store::Store> {
+        let cfg = CoreConfig::load(config)?;
+        keygrid_core::store::Store::open(&cfg.database_path())
+            .with_context(|| format!("cannot open the store at {}", cfg.database_path().display()))
+    };
+    // SAFETY: getuid(2) takes no arguments, touches no memory and cannot fail.
+    let operator = format!("admin uid {}", unsafe { libc::getuid() });
+    match command {
+        EstCommand::Pending { config } => {
+            for p in keygrid_core::est::approval::pending(&open(&config)?)? {
+                println!("{}\t{}\t{}\t{}", p.id, p.label, p.subject, p.requester);
+            }
+        }
+        EstCommand::Approve { id, config } => {
+            let p = keygrid_core::est::approval::decide(&open(&config)?, &id, true, &operator)?;
+            println!("approved {} ({} for {})", p.id, p.label, p.subject);
+        }
+        EstCommand::Reject { id, config } => {
+            let p = keygrid_core::est::approval::decide(&open(&config)?, &id, false, &operator)?;
+            println!("rejected {} ({} for {})", p.id, p.label, p.subject);
         }
     }
     Ok(())
@@ -986,6 +1044,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let cfg = CoreConfig::load(&config)?;
                 keygrid_core::revocation::runtime::serve_standalone(cfg, shutdown_signal()).await
             }
+            Command::Est { command } => est_command(command),
             Command::Dev(_) => match dev_plan {
                 Some(plan) => dev::run(plan).await,
                 None => anyhow::bail!("dev environment was not prepared"),

@@ -267,6 +267,24 @@ impl Policy {
         Ok(Policy { rules: compiled })
     }
 
+    /// The key types every rule governing `profile` allows (the intersection), or `None`
+    /// when no rule restricts keys. EST's `/csrattrs` tells clients this up front.
+    pub fn allowed_keys(&self, profile: &str) -> Option<Vec<String>> {
+        let mut allowed: Option<Vec<String>> = None;
+        for (_, rule, _) in &self.rules {
+            if !rule.profiles.iter().any(|p| p == "*" || p == profile) {
+                continue;
+            }
+            if let Some(keys) = &rule.allowed_keys {
+                allowed = Some(match allowed {
+                    None => keys.clone(),
+                    Some(prev) => prev.into_iter().filter(|k| keys.contains(k)).collect(),
+                });
+            }
+        }
+        allowed
+    }
+
     /// Decides on a request. Every rule that governs the profile must allow it.
     pub fn check(&self, req: &PolicyRequest) -> Decision {
         let mut ttl = req.ttl;

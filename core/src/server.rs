@@ -304,7 +304,14 @@ pub async fn run(
         store.clone(),
         hierarchy.clone(),
         revocation.responder.clone(),
-        stopped(stop_rx),
+        stopped(stop_rx.clone()),
+    );
+    let est_server = crate::est::serve(
+        cfg.est.clone(),
+        issuance.clone(),
+        hierarchy.clone(),
+        serving.clone(),
+        stopped(stop_rx.clone()),
     );
     tokio::spawn(async move {
         shutdown.await;
@@ -312,10 +319,11 @@ pub async fn run(
     });
     tracing::info!(listen = %listen_addr, admin_socket = %admin_path.display(),
         bundle = %cfg.bundle_path().display(), "keygrid core ready");
-    let (a, b, c) = tokio::join!(node_server, admin_server, http_server);
+    let (a, b, c, d) = tokio::join!(node_server, admin_server, http_server, est_server);
     a.context("node API server failed")?;
     b.context("admin API server failed")?;
     c?;
+    d?;
     let _ = std::fs::remove_file(&admin_path);
     // A last checkpoint, so the chain as this core leaves it is signed.
     let (s, k) = (store.clone(), audit_key.clone());

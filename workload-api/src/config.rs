@@ -37,6 +37,35 @@ pub struct AgentConfig {
     /// Envoy SDS on the Workload API socket.
     #[serde(default)]
     pub sds: crate::sds::SdsConfig,
+    /// EST enrollment (TPM-attested node identity, kubelet certificates); off unless present.
+    #[serde(default)]
+    pub est: Option<EstConfig>,
+}
+
+/// `[est]`: the agent as EST client of core (`docs/est.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstConfig {
+    /// Core's EST base URL, e.g. `https://keygrid.example.org:8443/.well-known/est`.
+    pub url: String,
+    /// This node's Kubernetes name; the node identity is
+    /// `spiffe://<trust domain>/keygrid/node/<node_name>`.
+    pub node_name: String,
+    /// TCTI of the TPM (`device:/dev/tpmrm0`, `swtpm:host=...,port=...`). When set, a node
+    /// without a valid credential enrolls with TPM attestation (instead of a join token)
+    /// and its node key lives in the TPM.
+    #[serde(default)]
+    pub tpm_tcti: Option<String>,
+    /// Directory for the kubelet's client and serving certificates and keys; none are
+    /// requested when absent.
+    #[serde(default)]
+    pub kubelet_dir: Option<PathBuf>,
+    /// DNS names of the kubelet serving certificate (default: the node name).
+    #[serde(default)]
+    pub serving_dns_names: Vec<String>,
+    /// IP addresses of the kubelet serving certificate.
+    #[serde(default)]
+    pub serving_ips: Vec<std::net::IpAddr>,
 }
 
 fn default_sync_interval() -> Duration {
@@ -120,6 +149,23 @@ impl AgentConfig {
                 path.display(),
                 cfg.server_address
             );
+        }
+        if let Some(est) = &cfg.est {
+            if !est.url.starts_with("https://") {
+                anyhow::bail!("{}: est.url must be an https:// URL", path.display());
+            }
+            if est.node_name.is_empty()
+                || !est
+                    .node_name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            {
+                anyhow::bail!(
+                    "{}: est.node_name {:?} is not a Kubernetes node name",
+                    path.display(),
+                    est.node_name
+                );
+            }
         }
         if cfg.sync_interval < Duration::from_millis(100) {
             anyhow::bail!("{}: sync_interval must be at least 100ms", path.display());

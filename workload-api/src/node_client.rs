@@ -16,6 +16,16 @@ use keygrid_proto::keygrid::v1::node_client::NodeClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::AgentConfig;
+use crate::tpm_key::TpmNodeKey;
+
+/// Where the node's private key is.
+#[derive(Clone)]
+pub enum NodeKey {
+    /// A software key, PKCS#8 PEM (join-token nodes).
+    Software(String),
+    /// The TPM's enrollment key (TPM-attested nodes): it never leaves the TPM.
+    Tpm(Arc<TpmNodeKey>),
+}
 
 /// A node certificate chain (leaf first) and its private key.
 #[derive(Clone)]
@@ -24,8 +34,8 @@ pub struct NodeCredential {
     pub spiffe_id: String,
     /// DER certificates, leaf first.
     pub chain: Vec<Vec<u8>>,
-    /// PKCS#8 private key, PEM.
-    key_pem: String,
+    /// The private key.
+    key: NodeKey,
     /// Expiry of the leaf, Unix seconds.
     pub not_after: i64,
     /// When the agent received it, Unix seconds.
@@ -89,7 +99,7 @@ impl NodeCredential {
             not_after: leaf_not_after(leaf)?,
             spiffe_id: res.spiffe_id,
             chain: res.cert_chain,
-            key_pem: key.serialize_pem(),
+            key: NodeKey::Software(key.serialize_pem()),
             received_at: now(),
         })
     }
@@ -102,9 +112,78 @@ impl NodeCredential {
         dir.join("node-key.pem")
     }
 
-    /// Saves the credential: key first (0600), then the certificate, each atomically.
+    /// A credential for a chain (leaf first) whose key is `key`.
+    pub fn new(chain: Vec<Vec<u8>>, key: NodeKey) -> anyhow::Result<Self> {
+        let leaf = chain.first().context("empty certificate chain")?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(leaf).context("node certificate does not parse")?;
+        let spiffe_id = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+            })
+            .context("node certificate has no SPIFFE ID")?;
+        Ok(NodeCredential {
+            spiffe_id,
+            not_after: cert.validity().not_after.timestamp(),
+            chain,
+            key,
+            received_at: now(),
+        })
+    }
+
+    /// The private key.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    /// The credential as a rustls client identity (EST).
+    pub fn tls_identity(&self) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+        match &self.key {
+            NodeKey::Software(pem) => crate::est_client::software_identity(&self.chain, pem),
+            NodeKey::Tpm(k) => Ok(k.certified_key(&self.chain)),
+        }
+    }
+
+    /// Loads a saved certificate for the TPM key `key` if it is valid for at least a
+    /// minute and certifies that key.
+    pub fn load_valid_tpm(dir: &Path, key: &Arc<TpmNodeKey>) -> anyhow::Result<Option<Self>> {
+        let path = Self::cert_path(dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let chain: Vec<Vec<u8>> = pem::parse_many(&text)
+            .context("saved node certificate is not PEM")?
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect();
+        let Ok(cred) = Self::new(chain, NodeKey::Tpm(key.clone())) else {
+            return Ok(None);
+        };
+        let same_key = x509_parser::parse_x509_certificate(&cred.chain[0])
+            .map(|(_, c)| c.public_key().raw == key.spki_der())
+            .unwrap_or(false);
+        if !same_key || cred.not_after <= now() + 60 {
+            return Ok(None);
+        }
+        Ok(Some(cred))
+    }
+
+    /// Saves the credential: key first (0600), then the certificate, each atomically. A
+    /// TPM key has nothing to save.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        write_private(&Self::key_path(dir), self.key_pem.as_bytes(), 0o600)?;
+        match &self.key {
+            NodeKey::Software(pem) => write_private(&Self::key_path(dir), pem.as_bytes(), 0o600)?,
+            NodeKey::Tpm(_) => {
+                let _ = std::fs::remove_file(Self::key_path(dir));
+            }
+        }
         let mut cert = format!("# {}\n", self.spiffe_id);
         cert.push_str(&pem_certs(&self.chain));
         write_private(&Self::cert_path(dir), cert.as_bytes(), 0o644)?;
@@ -140,7 +219,7 @@ impl NodeCredential {
         Ok(Some(NodeCredential {
             spiffe_id,
             chain,
-            key_pem,
+            key: NodeKey::Software(key_pem),
             not_after,
             received_at: now(),
         }))
@@ -158,6 +237,69 @@ pub struct CoreClient {
     roots_pem: RwLock<String>,
     channel: RwLock<Channel>,
     credential: RwLock<NodeCredential>,
+}
+
+async fn connect_cred(
+    cfg: &AgentConfig,
+    roots_pem: &str,
+    cred: &NodeCredential,
+) -> anyhow::Result<Channel> {
+    match &cred.key {
+        NodeKey::Software(pem) => {
+            connect(
+                cfg,
+                roots_pem,
+                Some(Identity::from_pem(pem_certs(&cred.chain), pem.clone())),
+            )
+            .await
+        }
+        NodeKey::Tpm(k) => connect_tpm(cfg, roots_pem, k.certified_key(&cred.chain)),
+    }
+}
+
+/// A channel whose TLS (rustls, HTTP/2) signs with the TPM key: tonic's own TLS takes
+/// only software keys, so the connection is made here and handed to tonic as plain IO.
+fn connect_tpm(
+    cfg: &AgentConfig,
+    roots_pem: &str,
+    identity: Arc<rustls::sign::CertifiedKey>,
+) -> anyhow::Result<Channel> {
+    let mut roots = rustls::RootCertStore::empty();
+    for p in pem::parse_many(roots_pem).context("trust bundle is not PEM")? {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(p.into_contents()))
+            .map_err(|e| anyhow::anyhow!("trust bundle certificate rejected: {e}"))?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_cert_resolver(Arc::new(crate::est_client::FixedIdentity(identity)));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from(cfg.server_name())
+        .map_err(|e| anyhow::anyhow!("bad server name: {e}"))?;
+    let authority = cfg
+        .server_address
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+        .with_context(|| format!("bad server_address {:?}", cfg.server_address))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    let service = tower::service_fn(move |_: tonic::transport::Uri| {
+        let (connector, name, authority) = (connector.clone(), name.clone(), authority.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(service))
 }
 
 async fn connect(
@@ -178,10 +320,6 @@ async fn connect(
         .timeout(Duration::from_secs(30));
     // Connect lazily: a core outage must not stop the agent from serving its cache.
     Ok(endpoint.connect_lazy())
-}
-
-fn identity(cred: &NodeCredential) -> Identity {
-    Identity::from_pem(pem_certs(&cred.chain), cred.key_pem.clone())
 }
 
 impl CoreClient {
@@ -210,10 +348,31 @@ impl CoreClient {
                 bundle_path.display()
             );
         }
-        let credential = match NodeCredential::load_valid(&cfg.data_dir)? {
+        let tpm = match cfg.est.as_ref().and_then(|e| e.tpm_tcti.clone()) {
+            Some(tcti) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || TpmNodeKey::open(&tcti)).await??,
+            )),
+            None => None,
+        };
+        let saved = match &tpm {
+            Some(k) => NodeCredential::load_valid_tpm(&cfg.data_dir, k)?,
+            None => NodeCredential::load_valid(&cfg.data_dir)?,
+        };
+        let credential = match saved {
             Some(c) => {
                 tracing::info!(node = %c.spiffe_id, "using saved node credential");
                 c
+            }
+            None if tpm.is_some() => {
+                let (Some(key), Some(est)) = (&tpm, &cfg.est) else {
+                    anyhow::bail!("TPM enrollment needs [est]");
+                };
+                let client = crate::est_client::EstClient::new(&est.url, &roots_pem)?;
+                let chain = client.tpm_enroll(key, &est.node_name).await?;
+                let cred = NodeCredential::new(chain, NodeKey::Tpm(key.clone()))?;
+                cred.save(&cfg.data_dir)?;
+                tracing::info!(node = %cred.spiffe_id, "enrolled with TPM attestation over EST");
+                cred
             }
             None => {
                 let token_file = cfg.join_token_file.as_ref().context(
@@ -244,7 +403,7 @@ impl CoreClient {
                 cred
             }
         };
-        let channel = connect(&cfg, &roots_pem, Some(identity(&credential))).await?;
+        let channel = connect_cred(&cfg, &roots_pem, &credential).await?;
         Ok(Arc::new(CoreClient {
             cfg,
             roots_pem: RwLock::new(roots_pem),
@@ -276,18 +435,64 @@ impl CoreClient {
         self.credential.read().map(|c| c.renew_at()).unwrap_or(0)
     }
 
-    /// Renews the node credential and switches to it.
+    /// The current node credential.
+    pub fn credential(&self) -> NodeCredential {
+        self.credential
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The trust bundle currently used for core (PEM).
+    pub fn roots_pem(&self) -> String {
+        self.roots()
+    }
+
+    /// Renews the node credential and switches to it: a TPM node re-enrolls its TPM key
+    /// over EST (`simplereenroll`, authenticated by the current certificate); a software
+    /// node gets a fresh key certified over the node API.
     pub async fn renew(&self) -> anyhow::Result<()> {
-        let (key, csr) = new_key_and_csr()?;
-        let res = self
-            .client()
-            .renew_node_credential(pb::RenewNodeCredentialRequest { csr })
-            .await
-            .map_err(|s| anyhow::anyhow!("node credential renewal refused: {}", s.message()))?
-            .into_inner();
-        let cred = NodeCredential::from_response(res, &key)?;
+        let current = self.credential();
+        let cred = match (current.key(), &self.cfg.est) {
+            (NodeKey::Tpm(key), Some(est)) => {
+                let mut params = rcgen::CertificateParams::default();
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationName, "KeyGrid");
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, "KeyGrid agent");
+                params.subject_alt_names = vec![rcgen::SanType::URI(
+                    current
+                        .spiffe_id
+                        .as_str()
+                        .try_into()
+                        .context("node SPIFFE ID")?,
+                )];
+                let key = key.clone();
+                let client = crate::est_client::EstClient::new(&est.url, &self.roots())?;
+                let signer = key.clone();
+                let make_csr = move |binding: &str| signer.csr(&params, binding);
+                let chain = client
+                    .enroll("nodes", true, &make_csr, current.tls_identity()?)
+                    .await?;
+                NodeCredential::new(chain, NodeKey::Tpm(key))?
+            }
+            _ => {
+                let (key, csr) = new_key_and_csr()?;
+                let res = self
+                    .client()
+                    .renew_node_credential(pb::RenewNodeCredentialRequest { csr })
+                    .await
+                    .map_err(|s| {
+                        anyhow::anyhow!("node credential renewal refused: {}", s.message())
+                    })?
+                    .into_inner();
+                NodeCredential::from_response(res, &key)?
+            }
+        };
         cred.save(&self.cfg.data_dir)?;
-        let channel = connect(&self.cfg, &self.roots(), Some(identity(&cred))).await?;
+        let channel = connect_cred(&self.cfg, &self.roots(), &cred).await?;
         if let Ok(mut c) = self.channel.write() {
             *c = channel;
         }
@@ -318,8 +523,7 @@ impl CoreClient {
             return Ok(());
         }
         write_private(&Self::saved_bundle_path(&self.cfg), fresh.as_bytes(), 0o644)?;
-        let id = self.credential.read().map(|c| identity(&c)).ok();
-        let channel = connect(&self.cfg, &fresh, id).await?;
+        let channel = connect_cred(&self.cfg, &fresh, &self.credential()).await?;
         if let Ok(mut r) = self.roots_pem.write() {
             *r = fresh;
         }

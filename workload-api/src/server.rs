@@ -24,6 +24,11 @@ pub async fn run(
     let attestor = std::sync::Arc::new(Attestor::from_config(&cfg)?);
     let core = CoreClient::start(cfg.clone()).await?;
     let cache = cache::start(core.clone(), cfg.trust_domain.clone(), cfg.sync_interval);
+    if let Some(est) = &cfg.est {
+        if let Some(dir) = &est.kubelet_dir {
+            tokio::spawn(crate::kubelet::run(core.clone(), est.clone(), dir.clone()));
+        }
+    }
 
     if let Some(dir) = cfg.socket_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -53,6 +53,14 @@ pub const TABLES: &[(&str, &str)] = &[
     ),
     ("jwt_keys", "kid, key_label, algorithm, created_at"),
     (
+        "est_pending",
+        "id, label, requester, subject, state, created_at, decided_at",
+    ),
+    (
+        "est_ek_bindings",
+        "ek_hash, node_name, manufacturer, bound_at",
+    ),
+    (
         "audit_log",
         "seq, at, kind, actor, subject, rule, serial, fingerprint, detail, prev_hash, hash",
     ),

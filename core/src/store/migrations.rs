@@ -123,6 +123,23 @@ const MIGRATIONS: &[&str] = &[
     // 5 (store-audit): the hash-chained audit log, its head and signed checkpoints. Rows of
     //    the old `events` table are chained into the log by `audit::ensure_head` (and removed).
     AUDIT_SQLITE,
+    // 6 (EST, issue #7): enrollments waiting for manual approval, and the
+    // first-come binding of a TPM's EK to the node name it enrolled.
+    "CREATE TABLE est_pending (
+        id TEXT PRIMARY KEY,
+        label TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        decided_at INTEGER
+    );
+    CREATE TABLE est_ek_bindings (
+        ek_hash TEXT PRIMARY KEY,
+        node_name TEXT NOT NULL UNIQUE,
+        manufacturer TEXT NOT NULL,
+        bound_at INTEGER NOT NULL
+    );",
 ];
 
 const AUDIT_SQLITE: &str = "CREATE TABLE audit_log (
@@ -277,6 +294,24 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
             key_label TEXT NOT NULL,
             algorithm TEXT NOT NULL,
             signature BYTEA NOT NULL
+        );",
+    ),
+    (
+        6,
+        "CREATE TABLE est_pending (
+            id TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            decided_at BIGINT
+        );
+        CREATE TABLE est_ek_bindings (
+            ek_hash TEXT PRIMARY KEY,
+            node_name TEXT NOT NULL UNIQUE,
+            manufacturer TEXT NOT NULL,
+            bound_at BIGINT NOT NULL
         );",
     ),
 ];

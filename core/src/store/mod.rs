@@ -27,6 +27,7 @@
 
 pub mod audit;
 pub mod backup;
+mod est;
 mod jwt_keys;
 mod migrations;
 pub mod pg_server;
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 pub use sql::DbError;
 use sql::{args, Engine, Lite, PgPool, Sql};
 
+pub use est::{EkBinding, PendingEnrollment};
 pub use jwt_keys::JwtKeyRecord;
 
 /// Errors from the store.

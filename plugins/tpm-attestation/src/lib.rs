@@ -13,6 +13,7 @@
 //! - [`public_area`]: TPM public areas (parsing, names, SPKI) without libtss2;
 //! - [`credential`]: KDFa and MakeCredential in software;
 //! - [`ek_certificate`]: EK certificate chain to manufacturer CAs, manufacturer selector;
+//! - [`key_certification`]: the AK certifying an enrollment key (TPM2_Certify) for EST;
 //! - [`quote`]: optional PCR quote evidence and `pcr:` selectors;
 //! - [`verifier`]: the server-side decision, single-use challenges, SPIFFE ID and selectors;
 //! - [`tpm`] (feature `tpm`): the agent side on tss-esapi.
@@ -20,6 +21,7 @@
 pub mod credential;
 pub mod ek_certificate;
 pub mod error;
+pub mod key_certification;
 pub mod public_area;
 pub mod quote;
 #[cfg(feature = "tpm")]
@@ -29,6 +31,7 @@ pub mod wire;
 
 pub use ek_certificate::ManufacturerCas;
 pub use error::{AttestationError, Result};
+pub use key_certification::{verify_key_certification, EnrollmentFinish, EnrollmentStart};
 #[cfg(feature = "tpm")]
 pub use tpm::TpmAttestor;
 pub use verifier::{AttestedNode, Verifier, VerifierConfig, SELECTOR_TYPE};

@@ -43,7 +43,24 @@ pub struct TpmAttestor {
     ek: KeyHandle,
     ak: KeyHandle,
     data: AttestationData,
+    /// The enrollment key once [`TpmAttestor::enrollment_key`] loaded it (flushed on drop).
+    enrollment: Option<EnrollmentKey>,
 }
+
+/// A signing key that lives in the TPM: a primary key of the owner hierarchy, derived
+/// from the TPM's owner seed and a fixed template, so the same TPM re-creates the same
+/// key on every start and nothing about it is stored outside the TPM.
+#[derive(Debug, Clone)]
+pub struct EnrollmentKey {
+    handle: KeyHandle,
+    /// `TPM2B_PUBLIC` of the key.
+    pub public: Vec<u8>,
+    /// The key as a DER SubjectPublicKeyInfo (what a CSR and a certificate carry).
+    pub spki_der: Vec<u8>,
+}
+
+/// The template's unique field: separates KeyGrid's key from other primaries.
+const ENROLLMENT_KEY_UNIQUE: &[u8] = b"keygrid node identity v1";
 
 impl TpmAttestor {
     /// Opens the TPM behind `tcti` (a TCTI name-conf string) and prepares EK and AK.
@@ -73,6 +90,7 @@ impl TpmAttestor {
                 ak_public: Vec::new(),
                 ak_name: Vec::new(),
             },
+            enrollment: None,
         };
         attestor.create_ak()?;
         Ok(attestor)
@@ -260,8 +278,132 @@ impl TpmAttestor {
     }
 }
 
+impl TpmAttestor {
+    /// Loads KeyGrid's enrollment key (RSA-2048, unrestricted signing, scheme chosen per
+    /// signature), re-deriving it from the owner seed; loaded once per session (a TPM has
+    /// few object slots).
+    pub fn enrollment_key(&mut self) -> Result<EnrollmentKey> {
+        if let Some(k) = &self.enrollment {
+            return Ok(k.clone());
+        }
+        use tss_esapi::structures::{PublicKeyRsa, RsaExponent, RsaScheme};
+        let unique = PublicKeyRsa::try_from(ENROLLMENT_KEY_UNIQUE.to_vec())
+            .map_err(tpm_err("preparing the enrollment key template"))?;
+        let template = tss_esapi::utils::create_unrestricted_signing_rsa_public_with_unique(
+            RsaScheme::Null,
+            RsaKeyBits::Rsa2048,
+            RsaExponent::default(),
+            unique,
+        )
+        .map_err(tpm_err("preparing the enrollment key template"))?;
+        let created = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            })
+            .map_err(tpm_err("creating the enrollment key"))?;
+        let described = tpm2b_public(&created.out_public).and_then(|public| {
+            let spki = crate::public_area::PublicArea::from_tpm2b(&public, "enrollment key")?
+                .spki_der()?;
+            Ok((public, spki))
+        });
+        let (public, spki_der) = match described {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.ctx.flush_context(created.key_handle.into());
+                return Err(e);
+            }
+        };
+        let key = EnrollmentKey {
+            handle: created.key_handle,
+            public,
+            spki_der,
+        };
+        self.enrollment = Some(key.clone());
+        Ok(key)
+    }
+
+    /// `TPM2_Certify(key, AK, extraData = nonce)`: the AK vouches that `key` is in this
+    /// TPM, for this challenge. Returns the marshalled `TPMS_ATTEST` and the AK's signature.
+    pub fn certify(&mut self, key: &EnrollmentKey, nonce: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        let qualifying = Data::try_from(nonce.to_vec()).map_err(tpm_err("preparing the nonce"))?;
+        let (ak, object) = (self.ak, key.handle);
+        let (attest, signature) = self
+            .ctx
+            .execute_with_sessions(
+                (
+                    Some(AuthSession::Password),
+                    Some(AuthSession::Password),
+                    None,
+                ),
+                |ctx| ctx.certify(object.into(), ak, qualifying, SignatureScheme::Null),
+            )
+            .map_err(tpm_err("certifying the enrollment key"))?;
+        let signature = match signature {
+            Signature::RsaSsa(s) | Signature::RsaPss(s) => s.signature().value().to_vec(),
+            _ => {
+                return Err(AttestationError::Tpm {
+                    operation: "certifying the enrollment key",
+                    reason: "the AK produced a non-RSA signature".into(),
+                })
+            }
+        };
+        Ok((
+            attest
+                .marshall()
+                .map_err(tpm_err("marshalling the certification"))?,
+            signature,
+        ))
+    }
+
+    /// Signs SHA-256 of `message` with the enrollment key: RSASSA-PKCS1-v1_5, or RSA-PSS
+    /// when `pss` (TLS 1.3 handshakes).
+    pub fn sign_sha256(
+        &mut self,
+        key: &EnrollmentKey,
+        message: &[u8],
+        pss: bool,
+    ) -> Result<Vec<u8>> {
+        use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+        use tss_esapi::structures::{Digest, HashScheme, HashcheckTicket};
+        let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+        let digest =
+            Digest::try_from(hash.as_ref().to_vec()).map_err(tpm_err("preparing the digest"))?;
+        let hash_scheme = HashScheme::new(HashingAlgorithm::Sha256);
+        let scheme = if pss {
+            SignatureScheme::RsaPss { hash_scheme }
+        } else {
+            SignatureScheme::RsaSsa { hash_scheme }
+        };
+        // An unrestricted key signs any digest: the NULL ticket says "not hashed by the TPM".
+        let ticket = HashcheckTicket::try_from(tss_esapi::tss2_esys::TPMT_TK_HASHCHECK {
+            tag: TPM2_ST_HASHCHECK,
+            hierarchy: TPM2_RH_NULL,
+            digest: Default::default(),
+        })
+        .map_err(tpm_err("preparing the hash ticket"))?;
+        let handle = key.handle;
+        let signature = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.sign(handle, digest, scheme, ticket)
+            })
+            .map_err(tpm_err("signing with the enrollment key"))?;
+        match signature {
+            Signature::RsaSsa(s) | Signature::RsaPss(s) => Ok(s.signature().value().to_vec()),
+            _ => Err(AttestationError::Tpm {
+                operation: "signing with the enrollment key",
+                reason: "unexpected signature type".into(),
+            }),
+        }
+    }
+}
+
 impl Drop for TpmAttestor {
     fn drop(&mut self) {
+        if let Some(key) = self.enrollment.take() {
+            let _ = self.ctx.flush_context(key.handle.into());
+        }
         // Transient objects outlive the connection on a TPM without a resource manager (swtpm):
         // flush them so repeated attestations do not exhaust object slots.
         for handle in [self.ak, self.ek] {
@@ -283,4 +425,13 @@ fn tpm2b_public(public: &Public) -> Result<Vec<u8>> {
     let mut out = len.to_be_bytes().to_vec();
     out.extend_from_slice(&tpmt);
     Ok(out)
+}
+
+#[cfg(test)]
+mod send_check {
+    #[test]
+    fn attestor_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<super::TpmAttestor>();
+    }
 }

@@ -75,6 +75,9 @@ pub struct AttestedNode {
     pub manufacturer: Option<String>,
     /// Selector values of type [`SELECTOR_TYPE`] (`ek_hash:<hash>`, `ek_manufacturer:<m>`).
     pub selector_values: Vec<String>,
+    /// The attested AK's `TPMT_PUBLIC`, for checking what else it signed in the same
+    /// exchange (EST: the certification of the enrollment key).
+    pub ak_public: Vec<u8>,
 }
 
 impl AttestedNode {
@@ -310,6 +313,7 @@ impl Verifier {
             ek_hash: pending.ek_hash,
             manufacturer: pending.manufacturer,
             selector_values,
+            ak_public: pending.ak.tpmt_bytes().to_vec(),
         })
     }
 
