@@ -250,7 +250,7 @@ impl Lab {
     fn refusals(&self, rule: &str, detail: &str) -> i64 {
         self.db()
             .query_row(
-                "SELECT COUNT(*) FROM events WHERE kind = 'policy_refusal' AND rule = ?1 AND instr(detail, ?2) > 0",
+                "SELECT COUNT(*) FROM audit_log WHERE kind = 'policy_refusal' AND rule = ?1 AND instr(detail, ?2) > 0",
                 rusqlite::params![rule, detail],
                 |r| r.get(0),
             )
