@@ -106,7 +106,7 @@ pub struct Issuance {
 }
 
 /// Parses a DER CSR and checks its self-signature (proof of possession of the key).
-fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> {
+pub(crate) fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, IssueError> {
     if der.is_empty() {
         return Err(IssueError::InvalidArgument("csr is required".into()));
     }
@@ -198,6 +198,11 @@ impl Issuance {
     /// The CA hierarchy.
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.ca
+    }
+
+    /// The store issuance records go to.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Exchanges a one-time join token and a CSR for a node certificate.

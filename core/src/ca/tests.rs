@@ -97,14 +97,22 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
     let names: Vec<&str> = all.iter().map(|a| a.name()).collect();
     assert_eq!(
         names,
-        [ROOT, CONTROL_PLANE, NODES, SPIRE_UPSTREAM, WORKLOADS]
+        [
+            ROOT,
+            CONTROL_PLANE,
+            FRONT_PROXY,
+            ETCD,
+            NODES,
+            SPIRE_UPSTREAM,
+            WORKLOADS
+        ]
     );
     assert_eq!(first.root().algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(first.workloads().algorithm(), KeyAlgorithm::EcdsaP256);
     assert_eq!(first.bundle(), vec![first.root().cert_der().to_vec()]);
 
     let records = store.authorities().unwrap();
-    assert_eq!(records.len(), 5);
+    assert_eq!(records.len(), 7);
     assert_eq!(records[0].name, ROOT);
     assert_eq!(records[0].parent, None);
     for rec in &records[1..] {
@@ -124,6 +132,8 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         first.workloads(),
         first.nodes(),
         first.control_plane(),
+        first.front_proxy(),
+        first.etcd(),
         first.spire_upstream(),
     ] {
         let cert = parse(der(issuing.clone()));
@@ -160,7 +170,7 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         assert_eq!(a.not_after(), b.not_after());
     }
     // The store still holds exactly one hierarchy.
-    assert_eq!(store.authorities().unwrap().len(), 5);
+    assert_eq!(store.authorities().unwrap().len(), 7);
 
     // The loaded hierarchy signs certificates that chain to the same root.
     let issued = sign_svid(
@@ -520,7 +530,7 @@ fn root_rotation_keeps_every_valid_certificate_verifiable() {
         .unwrap();
     assert_eq!(
         created.len(),
-        5,
+        7,
         "a new root and a new generation of each issuing CA"
     );
     let r2 = created[0].cert_der().to_vec();

@@ -117,6 +117,14 @@ const MIGRATIONS: &[&str] = &[
         algorithm TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 5 (feature: control plane, issue #9): Kubernetes service-account signing keys
+    // (labels in the key backend, never the keys). The lead renumbers on merge.
+    "CREATE TABLE sa_keys (
+        kid TEXT PRIMARY KEY,
+        key_label TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build of KeyGrid migrates to.

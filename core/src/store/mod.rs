@@ -9,6 +9,7 @@
 mod jwt_keys;
 mod migrations;
 mod revocation;
+mod sa_keys;
 
 pub use revocation::{CrlRecord, RevocationRecord};
 
@@ -19,6 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 pub use jwt_keys::JwtKeyRecord;
+pub use sa_keys::SaKeyRecord;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
