@@ -231,6 +231,15 @@ enum KubeadmCommand {
         #[arg(long = "reload-hook")]
         reload_hooks: Vec<String>,
     },
+    /// Service-account key files for clusters without the external signer: `init`, then
+    /// the zero-downtime rotation `stage` → `promote` → `retire`, one step per run.
+    SaKeys {
+        /// Directory of sa.key / sa.pub / sa-verify.pub.
+        #[arg(long, default_value = "/etc/kubernetes/pki")]
+        pki_dir: PathBuf,
+        /// init, stage, promote or retire.
+        step: String,
+    },
     /// Show every managed file, its expiry and its last renewal.
     Status {
         /// The pki directory.
@@ -939,6 +948,11 @@ async fn kubeadm_command(cmd: KubeadmCommand, admin: AdminArgs) -> anyhow::Resul
                     println!("{:<32} renewed, expires {}", r.base, fmt_time(r.not_after));
                 }
             }
+        }
+        KubeadmCommand::SaKeys { pki_dir, step } => {
+            let next =
+                kubeadm::sa_keys::run_step(&pki_dir, kubeadm::sa_keys::SaStep::parse(&step)?)?;
+            println!("{step}: done. Next: {next}.");
         }
         KubeadmCommand::Status { pki_dir } => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -14,6 +14,7 @@
 //! pair.
 
 pub mod csr;
+pub mod sa_keys;
 pub mod spec;
 
 use std::collections::BTreeMap;
