@@ -185,7 +185,7 @@ enum KubeadmCommand {
         #[arg(long, default_value = "/etc/kubernetes")]
         kubeconfig_dir: PathBuf,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        cluster: Box<ClusterArgs>,
         /// Only these (repeatable): a base such as etcd/server, or a kubeconfig such as admin.conf.
         #[arg(long)]
         only: Vec<String>,
