@@ -157,6 +157,14 @@ impl SaKeyRing {
             algorithm: self.settings.algorithm.name().into(),
             created_at,
         })?;
+        self.store.record_event(&crate::store::EventRecord {
+            at: now,
+            kind: "sa_key_rotation".into(),
+            actor: "core".into(),
+            subject: key.kid.clone(),
+            rule: String::new(),
+            detail: format!("service-account signing key created at {}", key.location()),
+        })?;
         self.keys.write().map_err(|_| poisoned())?.push(key.clone());
         tracing::info!(kid = %key.kid, key = %key.location(), "service-account signing key created");
         Ok(key)
@@ -342,6 +350,8 @@ mod tests {
         };
         assert_eq!(kids(1_699), vec![k1.kid.clone(), k2.kid.clone()]);
         assert_eq!(kids(1_700), vec![k2.kid.clone()]);
+        // Each key creation is an audit event.
+        assert_eq!(store.events("sa_key_rotation").unwrap().len(), 2);
         // Found again after a restart, same order.
         let again = ring(store, backend);
         assert_eq!(again.current().unwrap().kid, k2.kid);

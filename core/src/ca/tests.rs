@@ -632,3 +632,39 @@ fn spiffe_issuers_carry_critical_uri_name_constraints() {
         .iter_extensions()
         .all(|e| e.oid.to_id_string() != "2.5.29.30"));
 }
+
+#[test]
+fn control_plane_names_are_checked_against_the_constraints() {
+    let store = Store::in_memory().unwrap();
+    let keys = MemoryBackend::default();
+    let mut s = settings(TD);
+    s.control_plane_constraints = profiles::IssuerConstraints {
+        dns: vec!["cluster.local".into(), "kubernetes".into()],
+        ips: vec![("10.96.0.0".parse().unwrap(), 12)],
+        ..Default::default()
+    };
+    let (h, _) = Hierarchy::init_or_load(&store, &keys, &s).unwrap();
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    for issuer in [CONTROL_PLANE, ETCD] {
+        assert!(h
+            .names_permitted(
+                issuer,
+                &["kubernetes".into(), "a.svc.cluster.local".into()],
+                &[ip("10.96.0.1")]
+            )
+            .is_ok());
+        let err = h
+            .names_permitted(issuer, &["evil.com".into()], &[])
+            .unwrap_err();
+        assert!(err.contains("evil.com"), "{err}");
+        assert!(h
+            .names_permitted(issuer, &["notcluster.local".into()], &[])
+            .is_err());
+        assert!(h.names_permitted(issuer, &[], &[ip("10.112.0.1")]).is_err());
+        assert!(h.names_permitted(issuer, &[], &[ip("::1")]).is_err());
+    }
+    // The front-proxy CA signs no names, so it carries no constraints.
+    assert!(h
+        .names_permitted(FRONT_PROXY, &["anything".into()], &[])
+        .is_ok());
+}
