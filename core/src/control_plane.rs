@@ -17,13 +17,14 @@ use crate::issuance::{parse_csr, Issuance, IssueError};
 use crate::policy::{csr_key_info, PolicyRequest};
 
 /// Profiles of kubeadm's certificate set: only these may be requested here.
-pub const KUBEADM_PROFILES: [&str; 11] = [
+pub const KUBEADM_PROFILES: [&str; 12] = [
     "kube-apiserver",
     "kube-apiserver-kubelet-client",
     "kubeconfig-admin",
     "kubeconfig-super-admin",
     "kubeconfig-controller-manager",
     "kubeconfig-scheduler",
+    "kubeconfig-kubelet",
     "front-proxy-client",
     "etcd-server",
     "etcd-peer",

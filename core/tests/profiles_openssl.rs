@@ -70,6 +70,10 @@ fn sample(name: &str) -> LeafRequest {
             ..Default::default()
         },
         "kubeconfig-controller-manager" | "kubeconfig-scheduler" => LeafRequest::default(),
+        "kubeconfig-kubelet" => LeafRequest {
+            common_name: s("system:node:cp1"),
+            ..Default::default()
+        },
         "etcd-server" | "etcd-peer" => LeafRequest {
             common_name: s("n1"),
             dns_names: vec!["n1".into(), "localhost".into()],

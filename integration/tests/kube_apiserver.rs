@@ -1,5 +1,5 @@
 //! A real kube-apiserver (v1.36.3, built from the Go module proxy by
-//! `scripts/build-kube-apiserver.sh`) on KeyGrid: serving, client-CA, kubelet-client,
+//! `scripts/build-kubernetes.sh`) on KeyGrid: serving, client-CA, kubelet-client,
 //! front-proxy and etcd-client certificates from `keygrid kubeadm certs`, etcd on KeyGrid
 //! mTLS, and service-account tokens signed in SoftHSM2 through KeyGrid's ExternalJWTSigner
 //! (`--service-account-signing-endpoint`). A token it issues verifies against KeyGrid's
@@ -31,7 +31,7 @@ fn kube_apiserver() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bin/kube-apiserver");
     assert!(
         path.exists(),
-        "{} is missing: run scripts/build-kube-apiserver.sh (make test does)",
+        "{} is missing: run scripts/build-kubernetes.sh (make test does)",
         path.display()
     );
     path

@@ -34,6 +34,8 @@ nodeRegistration:
 ---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
+kubernetesVersion: v1.36.3
+certificatesDir: PKI_DIR
 controlPlaneEndpoint: api.example.internal:6443
 networking:
   serviceSubnet: 10.96.0.0/12
@@ -187,6 +189,14 @@ const TABLE: &[Row] = &[
         file: "kubeconfig/scheduler.crt",
         ca: "ca.crt",
         subject: "CN=system:kube-scheduler",
+        dns: &[],
+        ips: &[],
+        ekus: CLIENT,
+    },
+    Row {
+        file: "kubeconfig/kubelet.crt",
+        ca: "ca.crt",
+        subject: "O=system:nodes, CN=system:node:cp1",
         dns: &[],
         ips: &[],
         ekus: CLIENT,
@@ -364,6 +374,87 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+fn kubeadm() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bin/kubeadm");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-kubernetes.sh (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// kubeadm v1.36.3 validates the directory the way `kubeadm init` does before anything
+/// else: the CA certificates without keys switch it to external-CA mode, then it checks
+/// apiserver, apiserver-kubelet-client and front-proxy-client against their CAs and every
+/// kubeconfig (admin, super-admin, kubelet, controller-manager, scheduler) for CA and
+/// server. `certs check-expiration` reads every certificate of the set.
+fn kubeadm_accepts(cfg: &Path, kube: &Path) {
+    let out = run(Command::new(kubeadm())
+        .args([
+            "init",
+            "phase",
+            "kubeconfig",
+            "all",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .args(["--kubeconfig-dir", kube.to_str().unwrap()]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubeadm refused the set:\n{text}");
+    for f in [
+        "admin.conf",
+        "super-admin.conf",
+        "kubelet.conf",
+        "controller-manager.conf",
+        "scheduler.conf",
+    ] {
+        assert!(
+            text.contains(&format!("External CA mode: Using user provided {f}")),
+            "{f}:\n{text}"
+        );
+    }
+    let out = run(Command::new(kubeadm()).args([
+        "certs",
+        "check-expiration",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (cert, ca) in [
+        ("apiserver", "ca"),
+        ("apiserver-etcd-client", "etcd-ca"),
+        ("apiserver-kubelet-client", "ca"),
+        ("etcd-healthcheck-client", "etcd-ca"),
+        ("etcd-peer", "etcd-ca"),
+        ("etcd-server", "etcd-ca"),
+        ("front-proxy-client", "front-proxy-ca"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(cert))
+            .unwrap_or_else(|| panic!("{cert} not listed by kubeadm:\n{text}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[cols.len() - 2..], [ca, "yes"], "{line}");
+    }
+    for ca in ["ca", "etcd-ca", "front-proxy-ca"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{ca} ")) && l.trim_end().ends_with("yes")),
+            "{ca} not externally managed:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn kubeadm_set_has_exactly_the_expected_certificates() {
     require_tool("openssl", OPENSSL_HINT);
@@ -372,7 +463,11 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
     let pki = work.path().join("pki");
     let kube = work.path().join("kubernetes");
     let cfg = work.path().join("kubeadm.yaml");
-    std::fs::write(&cfg, KUBEADM_CONFIG).unwrap();
+    std::fs::write(
+        &cfg,
+        KUBEADM_CONFIG.replace("PKI_DIR", pki.to_str().unwrap()),
+    )
+    .unwrap();
     let out = keygrid(
         &env,
         &[
@@ -420,6 +515,12 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
             "controller-manager",
         ),
         (
+            "kubelet.conf",
+            "https://api.example.internal:6443",
+            "system:node:cp1",
+            "kubelet",
+        ),
+        (
             "scheduler.conf",
             "https://10.0.0.10:6443",
             "system:kube-scheduler",
@@ -451,6 +552,9 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
             "{file}: must reference files"
         );
     }
+
+    // kubeadm itself accepts the set in external-CA mode.
+    kubeadm_accepts(&cfg, &kube);
 
     // Status lists every managed file; a forced renewal keeps the key and bumps the count.
     let out = keygrid(

@@ -41,13 +41,13 @@ pub const LEAF_CSRS: [(&str, &str, &str); 7] = [
     ),
 ];
 
-/// Kubeconfig CSRs kubeadm writes and their profile. `kubelet.conf` is not here: kubelet
-/// client certificates come from the nodes CA through KeyGrid's node path.
-pub const KUBECONFIG_CSRS: [(&str, &str); 4] = [
+/// Kubeconfig CSRs kubeadm writes and their profile.
+pub const KUBECONFIG_CSRS: [(&str, &str); 5] = [
     ("admin.conf", "kubeconfig-admin"),
     ("super-admin.conf", "kubeconfig-super-admin"),
     ("controller-manager.conf", "kubeconfig-controller-manager"),
     ("scheduler.conf", "kubeconfig-scheduler"),
+    ("kubelet.conf", "kubeconfig-kubelet"),
 ];
 
 /// Subject and names a CSR asks for.

@@ -252,6 +252,16 @@ pub fn certificate_set(s: &ClusterSpec) -> Result<Vec<CertSpec>, String> {
             "scheduler.conf",
             &local,
         ),
+        // kubeadm's external-CA mode requires kubelet.conf on the init node, signed by the
+        // cluster CA, pointing at controlPlaneEndpoint.
+        kubeconfig(
+            "kubeconfig/kubelet",
+            "kubeconfig-kubelet",
+            &format!("system:node:{}", s.node_name),
+            &["system:nodes"],
+            "kubelet.conf",
+            &cluster_url,
+        ),
     ])
 }
 
