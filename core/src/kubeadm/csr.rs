@@ -12,7 +12,7 @@ use keygrid_proto::keygrid::v1::control_plane_admin_client::ControlPlaneAdminCli
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::server::write_atomic;
+use super::write_replacing;
 
 /// Leaf CSRs kubeadm writes (base path in the cert dir) and their profile and CA file.
 pub const LEAF_CSRS: [(&str, &str, &str); 7] = [
@@ -224,20 +224,20 @@ pub async fn sign_generated_csrs(
         let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", res.ca_certificate.clone()));
         let ca_path = cert_dir.join(&ca_file);
         if !ca_path.exists() {
-            write_atomic(&ca_path, ca_pem.as_bytes(), 0o644)
+            write_replacing(&ca_path, ca_pem.as_bytes(), 0o644)
                 .with_context(|| format!("cannot write {}", ca_path.display()))?;
         }
         let path = match (kubeconfig, kube_text) {
             (Some(path), Some(text)) => {
                 let yaml = complete_kubeconfig(&text, &cert_pem, &ca_pem)
                     .with_context(|| format!("{}", path.display()))?;
-                write_atomic(&path, yaml.as_bytes(), 0o600)
+                write_replacing(&path, yaml.as_bytes(), 0o600)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 path
             }
             _ => {
                 let path = csr_path.with_extension("crt");
-                write_atomic(&path, cert_pem.as_bytes(), 0o644)
+                write_replacing(&path, cert_pem.as_bytes(), 0o644)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 path
             }

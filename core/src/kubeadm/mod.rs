@@ -29,8 +29,35 @@ use keygrid_proto::keygrid::v1::control_plane_admin_client::ControlPlaneAdminCli
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-use crate::server::{pem_certs, write_atomic};
+use crate::server::pem_certs;
 pub use spec::{certificate_set, CertSpec, ClusterSpec, KubeCa, KubeconfigSpec};
+
+/// Writes `data` to `path` atomically (temp file in the same directory, then rename) with
+/// `mode`, keeping the owner and group of the file it replaces: a key that etcd reads as
+/// user `etcd` must stay readable by it after a renewal run as root.
+pub fn write_replacing(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if let Some((uid, gid)) = owner {
+        let now = tmp.as_file().metadata()?;
+        if (now.uid(), now.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot keep owner {uid}:{gid} of {}: {e}", path.display()),
+                )
+            })?;
+        }
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
 
 /// Name of the file, in the pki directory, that records what KeyGrid manages there.
 pub const MANIFEST: &str = "keygrid-kubeadm.json";
@@ -112,7 +139,7 @@ impl Manifest {
     fn save(&self, pki: &Path) -> anyhow::Result<()> {
         let path = pki.join(MANIFEST);
         let data = serde_json::to_vec_pretty(self).context("manifest does not serialise")?;
-        write_atomic(&path, &data, 0o600)
+        write_replacing(&path, &data, 0o600)
             .with_context(|| format!("cannot write {}", path.display()))
     }
 }
@@ -369,14 +396,14 @@ pub async fn write_certificate_set(opts: &CertsOptions) -> anyhow::Result<Vec<Wr
         let key_path = pki.join(format!("{}.key", m.base));
         let cert_path = pki.join(format!("{}.crt", m.base));
         if *new_key {
-            write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            write_replacing(&key_path, key.serialize_pem().as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", key_path.display()))?;
         }
         let leaf = res
             .cert_chain
             .first()
             .context("core returned an empty chain")?;
-        write_atomic(&cert_path, pem("CERTIFICATE", leaf).as_bytes(), 0o644)
+        write_replacing(&cert_path, pem("CERTIFICATE", leaf).as_bytes(), 0o644)
             .with_context(|| format!("cannot write {}", cert_path.display()))?;
         cas.insert(m.ca_file.clone(), res.ca_certificate.clone());
         if let (Some(k), Some(path)) = (&spec.kubeconfig, &m.kubeconfig) {
@@ -387,7 +414,7 @@ pub async fn write_certificate_set(opts: &CertsOptions) -> anyhow::Result<Vec<Wr
                 &cert_path,
                 &key_path,
             );
-            write_atomic(path, yaml.as_bytes(), 0o600)
+            write_replacing(path, yaml.as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         manifest.certs.retain(|c| c.base != m.base);
@@ -399,7 +426,7 @@ pub async fn write_certificate_set(opts: &CertsOptions) -> anyhow::Result<Vec<Wr
     }
     for (file, der) in &cas {
         let path = pki.join(file);
-        write_atomic(&path, merged_ca_pem(&path, der, now).as_bytes(), 0o644)
+        write_replacing(&path, merged_ca_pem(&path, der, now).as_bytes(), 0o644)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     manifest.save(&pki)?;
@@ -461,6 +488,7 @@ pub async fn renew_due(opts: &RotateOptions) -> anyhow::Result<Vec<Renewal>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut client: Option<ControlPlaneAdminClient<Channel>> = None;
     let mut done = Vec::new();
+    let mut failed = Vec::new();
     for i in 0..manifest.certs.len() {
         let m = manifest.certs[i].clone();
         let cert_path = pki.join(format!("{}.crt", m.base));
@@ -472,54 +500,83 @@ pub async fn renew_due(opts: &RotateOptions) -> anyhow::Result<Vec<Renewal>> {
         if !due {
             continue;
         }
-        let key_path = pki.join(format!("{}.key", m.base));
-        let (key, new_key) = load_or_generate_key(&key_path, LeafKeyAlgorithm::EcdsaP256)?;
         if client.is_none() {
             client = Some(ControlPlaneAdminClient::new(
                 crate::admin_client::channel(&opts.socket).await?,
             ));
         }
         let Some(c) = client.as_mut() else { continue };
-        let res = issue(c, &m, build_csr(&m, &key)?, manifest.ttl_seconds).await?;
-        if new_key {
-            write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
-                .with_context(|| format!("cannot write {}", key_path.display()))?;
+        // One certificate failing (a refusal, an unwritable file) does not stop the others.
+        match renew_one(c, pki, &m, manifest.ttl_seconds, now).await {
+            Ok(not_after) => {
+                manifest.certs[i].last_renewal = now;
+                manifest.certs[i].issued_count += 1;
+                manifest.save(pki)?;
+                tracing::info!(base = %m.base, not_after, "certificate renewed");
+                if let Some(cmd) = opts.reload_hooks.get(&m.base) {
+                    run_hook(&m.base, cmd).await;
+                }
+                done.push(Renewal {
+                    base: m.base,
+                    not_after,
+                });
+            }
+            Err(e) => {
+                tracing::error!(base = %m.base, error = %format!("{e:#}"), "renewal failed");
+                failed.push(format!("{}: {e:#}", m.base));
+            }
         }
-        let ca_path = pki.join(&m.ca_file);
-        let ca_known = std::fs::read(&ca_path)
-            .ok()
-            .and_then(|d| pem::parse_many(d).ok())
-            .is_some_and(|ps| {
-                ps.first()
-                    .is_some_and(|p| p.contents() == res.ca_certificate.as_slice())
-            });
-        if !ca_known {
-            write_atomic(
-                &ca_path,
-                merged_ca_pem(&ca_path, &res.ca_certificate, now).as_bytes(),
-                0o644,
-            )
-            .with_context(|| format!("cannot write {}", ca_path.display()))?;
-        }
-        let leaf = res
-            .cert_chain
-            .first()
-            .context("core returned an empty chain")?;
-        write_atomic(&cert_path, pem("CERTIFICATE", leaf).as_bytes(), 0o644)
-            .with_context(|| format!("cannot write {}", cert_path.display()))?;
-        manifest.certs[i].last_renewal = now;
-        manifest.certs[i].issued_count += 1;
-        manifest.save(pki)?;
-        tracing::info!(base = %m.base, not_after = res.not_after_unix, "certificate renewed");
-        if let Some(cmd) = opts.reload_hooks.get(&m.base) {
-            run_hook(&m.base, cmd).await;
-        }
-        done.push(Renewal {
-            base: m.base,
-            not_after: res.not_after_unix,
-        });
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} renewed, {} failed: {}",
+            done.len(),
+            failed.len(),
+            failed.join("; ")
+        );
     }
     Ok(done)
+}
+
+/// Renews one certificate with its existing key; returns the new expiry.
+async fn renew_one(
+    client: &mut ControlPlaneAdminClient<Channel>,
+    pki: &Path,
+    m: &ManagedCert,
+    ttl_seconds: u64,
+    now: i64,
+) -> anyhow::Result<i64> {
+    let cert_path = pki.join(format!("{}.crt", m.base));
+    let key_path = pki.join(format!("{}.key", m.base));
+    let (key, new_key) = load_or_generate_key(&key_path, LeafKeyAlgorithm::EcdsaP256)?;
+    let res = issue(client, m, build_csr(m, &key)?, ttl_seconds).await?;
+    if new_key {
+        write_replacing(&key_path, key.serialize_pem().as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+    }
+    let ca_path = pki.join(&m.ca_file);
+    let ca_known = std::fs::read(&ca_path)
+        .ok()
+        .and_then(|d| pem::parse_many(d).ok())
+        .is_some_and(|ps| {
+            ps.first()
+                .is_some_and(|p| p.contents() == res.ca_certificate.as_slice())
+        });
+    if !ca_known {
+        write_replacing(
+            &ca_path,
+            merged_ca_pem(&ca_path, &res.ca_certificate, now).as_bytes(),
+            0o644,
+        )
+        .with_context(|| format!("cannot write {}", ca_path.display()))?;
+    }
+    let leaf = res
+        .cert_chain
+        .first()
+        .context("core returned an empty chain")?;
+    write_replacing(&cert_path, pem("CERTIFICATE", leaf).as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    Ok(res.not_after_unix)
 }
 
 async fn run_hook(base: &str, cmd: &str) {
@@ -601,6 +658,24 @@ pub fn status(pki: &Path) -> anyhow::Result<Vec<StatusRow>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replacing_keeps_owner_and_sets_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.key");
+        std::fs::write(&path, b"old").unwrap();
+        // As root, give the file another owner, as a key read by the etcd user has.
+        let root = std::fs::metadata(dir.path()).unwrap().uid() == 0
+            && std::os::unix::fs::chown(&path, Some(4242), Some(4243)).is_ok();
+        write_replacing(&path, b"new", 0o600).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        if root {
+            assert_eq!((m.uid(), m.gid()), (4242, 4243));
+        }
+    }
 
     #[test]
     fn due_at_the_fraction_of_life() {
