@@ -20,6 +20,7 @@ pub mod keys;
 pub mod kubeadm;
 pub mod policy;
 pub mod revocation;
+pub mod sa_bench;
 pub mod sa_signer;
 pub mod server;
 pub mod spire_credential;

@@ -417,6 +417,18 @@ enum EntryCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// ExternalJWTSigner Sign over its Unix socket, beside the raw rate of the same key.
+    SaSign {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "3")]
+        seconds: u64,
+        /// Key backends to measure (software, pkcs11).
+        #[arg(long, value_delimiter = ',', default_value = "software,pkcs11")]
+        backends: Vec<String>,
+        /// PKCS#11 module for the pkcs11 backend (a private SoftHSM2 token is created).
+        #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
+    },
     /// X.509-SVID issuance per second per core, beside the raw sign rate of the same CA key.
     Issue {
         /// Seconds per measurement.
@@ -1003,12 +1015,39 @@ async fn shutdown_signal() {
 }
 
 fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    if let BenchCommand::SaSign {
+        seconds,
+        backends,
+        pkcs11_module,
+    } = cmd
+    {
+        let dir = tempfile::tempdir()?;
+        if backends.iter().any(|b| b == "pkcs11") {
+            if !pkcs11_module.exists() {
+                anyhow::bail!(
+                    "{} not found; install SoftHSM2 (scripts/install-deps.sh)",
+                    pkcs11_module.display()
+                );
+            }
+            keygrid_core::bench::prepare_softhsm(dir.path())?;
+        }
+        let results = keygrid_core::sa_bench::run(
+            &pkcs11_module,
+            &backends,
+            Duration::from_secs(seconds.max(1)),
+        )?;
+        keygrid_core::sa_bench::print(&results);
+        return Ok(());
+    }
     let BenchCommand::Issue {
         seconds,
         backends,
         algorithms,
         pkcs11_module,
-    } = cmd;
+    } = cmd
+    else {
+        return Ok(());
+    };
     let algorithms = algorithms
         .iter()
         .map(|a| {

@@ -232,6 +232,11 @@ impl SaKeyRing {
         Ok((header, URL_SAFE_NO_PAD.encode(sig)))
     }
 
+    /// A raw signature with the signing key (DER), for `keygrid bench sa-sign`'s ceiling.
+    pub fn raw_sign(&self, msg: &[u8]) -> Result<Vec<u8>, JwtError> {
+        Ok(self.current()?.signer.sign(msg)?)
+    }
+
     /// The JWK Set of the verification keys at `now` (OIDC discovery's `jwks_uri`).
     pub fn jwks(&self, now: i64) -> Result<Vec<u8>, JwtError> {
         let keys = self
