@@ -71,6 +71,10 @@ pub struct ControlPlaneConfig {
     /// How often kube-apiserver should fetch the keys again (FetchKeys refresh hint).
     #[serde(with = "humantime_serde")]
     pub keys_refresh_hint: Duration,
+    /// PEM public-key files of the cluster's former `--service-account-key-file` (e.g.
+    /// kubeadm's `sa.pub`): published in FetchKeys as verification-only keys so tokens
+    /// signed before moving to the external signer stay valid.
+    pub legacy_key_files: Vec<PathBuf>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -83,6 +87,7 @@ impl Default for ControlPlaneConfig {
             sa_key_rotation: Duration::from_secs(30 * 24 * 3600),
             max_token_expiration: Duration::from_secs(24 * 3600),
             keys_refresh_hint: Duration::from_secs(60),
+            legacy_key_files: Vec::new(),
         }
     }
 }

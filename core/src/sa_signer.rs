@@ -64,6 +64,47 @@ pub struct SaKeyRing {
     backend: Arc<dyn KeyBackend>,
     settings: SaSettings,
     keys: RwLock<Vec<SaKey>>,
+    legacy: Vec<LegacyKey>,
+}
+
+/// A public key from the cluster's former `--service-account-key-file`: published in
+/// FetchKeys (verification only, excluded from OIDC discovery) so tokens signed before the
+/// move to the external signer stay valid until they expire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyKey {
+    /// Key ID as kube-apiserver derives it for key files.
+    pub kid: String,
+    /// PKIX SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+}
+
+/// Reads the `PUBLIC KEY` (PKIX) blocks of a PEM file such as kubeadm's `sa.pub`.
+pub fn read_legacy_keys(path: &std::path::Path) -> Result<Vec<LegacyKey>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let blocks =
+        pem::parse_many(&data).map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for b in blocks {
+        if b.tag() != "PUBLIC KEY" {
+            return Err(format!(
+                "{} holds a PEM {:?}; only PKIX \"PUBLIC KEY\" blocks are accepted",
+                path.display(),
+                b.tag()
+            ));
+        }
+        use x509_parser::prelude::FromDer;
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(b.contents())
+            .map_err(|e| format!("{}: a public key does not parse: {e}", path.display()))?;
+        let spki_der = b.into_contents();
+        out.push(LegacyKey {
+            kid: key_id(&spki_der),
+            spki_der,
+        });
+    }
+    if out.is_empty() {
+        return Err(format!("{} holds no public key", path.display()));
+    }
+    Ok(out)
 }
 
 /// PKIX SubjectPublicKeyInfo of an EC key from its uncompressed point.
@@ -131,11 +172,23 @@ impl SaKeyRing {
             backend,
             settings,
             keys: RwLock::new(keys),
+            legacy: Vec::new(),
         };
         if ring.keys.read().map_err(|_| poisoned())?.is_empty() {
             ring.rotate(now)?;
         }
         Ok(ring)
+    }
+
+    /// Adds verification-only keys from former key files (see [`LegacyKey`]).
+    pub fn with_legacy_keys(mut self, legacy: Vec<LegacyKey>) -> Self {
+        self.legacy = legacy;
+        self
+    }
+
+    /// The verification-only keys from former key files.
+    pub fn legacy_keys(&self) -> &[LegacyKey] {
+        &self.legacy
     }
 
     /// Creates a new signing key now; the previous one keeps verifying.
@@ -361,6 +414,28 @@ mod tests {
         let again = ring(store, backend);
         assert_eq!(again.current().unwrap().kid, k2.kid);
         assert_eq!(again.all().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn legacy_key_files_are_read_with_kubernetes_key_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = rcgen::KeyPair::generate().unwrap();
+        let path = dir.path().join("sa.pub");
+        std::fs::write(&path, k.public_key_pem()).unwrap();
+        let keys = read_legacy_keys(&path).unwrap();
+        assert_eq!(keys.len(), 1);
+        let der = pem::parse(k.public_key_pem()).unwrap().into_contents();
+        assert_eq!(keys[0].spki_der, der);
+        assert_eq!(keys[0].kid, key_id(&der));
+        std::fs::write(&path, k.serialize_pem()).unwrap();
+        let err = read_legacy_keys(&path).unwrap_err();
+        assert!(
+            err.contains("PRIVATE KEY") && !err.contains("BEGIN"),
+            "{err}"
+        );
+        std::fs::write(&path, "").unwrap();
+        assert!(read_legacy_keys(&path).is_err());
+        assert!(read_legacy_keys(&dir.path().join("missing")).is_err());
     }
 
     #[test]

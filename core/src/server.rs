@@ -103,6 +103,13 @@ async fn start_sa_signer(
         refresh_hint: cp.keys_refresh_hint,
     };
     let backend: Arc<dyn crate::keys::KeyBackend> = Arc::new(token.clone());
+    let mut legacy = Vec::new();
+    for f in &cp.legacy_key_files {
+        legacy.extend(
+            crate::sa_signer::read_legacy_keys(f)
+                .map_err(|e| anyhow::anyhow!("control_plane.legacy_key_files: {e}"))?,
+        );
+    }
     let ring = tokio::task::spawn_blocking(move || {
         crate::sa_signer::SaKeyRing::init_or_load(
             store,
@@ -113,7 +120,10 @@ async fn start_sa_signer(
     })
     .await?
     .context("cannot load or create the service-account signing key")?;
-    let ring = Arc::new(ring);
+    for l in &legacy {
+        tracing::info!(kid = %l.kid, "verification-only service-account key from a former key file");
+    }
+    let ring = Arc::new(ring.with_legacy_keys(legacy));
     let current = ring.current()?;
     tracing::info!(kid = %current.kid, key = %current.location(), "service-account signing key loaded");
     let check = (cp.sa_key_rotation / 4).clamp(

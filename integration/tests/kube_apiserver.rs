@@ -51,6 +51,32 @@ struct Api {
 }
 
 impl Api {
+    /// Waits until kube-apiserver answers /readyz to the super-admin over KeyGrid TLS.
+    fn wait_ready(&self) {
+        let p = |f: &str| self.pki.join(f).display().to_string();
+        wait_until(
+            "kube-apiserver ready on KeyGrid's certificates",
+            Duration::from_secs(120),
+            || {
+                run(Command::new("curl")
+                    .args([
+                        "-sSf",
+                        "--cacert",
+                        &p("ca.crt"),
+                        "--cert",
+                        &p("kubeconfig/super-admin.crt"),
+                    ])
+                    .args([
+                        "--key",
+                        &p("kubeconfig/super-admin.key"),
+                        &format!("{}/readyz", self.url),
+                    ]))
+                .status
+                .success()
+            },
+        );
+    }
+
     /// A request as the break-glass super-admin (O=system:masters), checking the server
     /// certificate against KeyGrid's cluster CA.
     fn call(
@@ -210,6 +236,78 @@ fn start_etcd(pki: &Path, dir: &Path) -> (Proc, u16) {
     (Proc(child), client)
 }
 
+/// Starts kube-apiserver on the KeyGrid certificates in `pki`, against etcd on
+/// `etcd_port`, with `sa_args` choosing how service-account tokens are signed.
+#[allow(clippy::too_many_arguments)]
+fn start_apiserver(
+    apiserver: &Path,
+    pki: &Path,
+    work: &Path,
+    port: u16,
+    etcd_port: u16,
+    sa_args: &[String],
+    log_name: &str,
+) -> Proc {
+    let p = |f: &str| pki.join(f).display().to_string();
+    let log = std::fs::File::create(work.join(log_name)).unwrap();
+    let child = Command::new(apiserver)
+        .arg(format!("--etcd-servers=https://127.0.0.1:{etcd_port}"))
+        .arg(format!("--etcd-cafile={}", p("etcd/ca.crt")))
+        .arg(format!(
+            "--etcd-certfile={}",
+            p("apiserver-etcd-client.crt")
+        ))
+        .arg(format!("--etcd-keyfile={}", p("apiserver-etcd-client.key")))
+        .arg(format!("--secure-port={port}"))
+        .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+        .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
+        .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
+        .arg(format!("--client-ca-file={}", p("ca.crt")))
+        .arg(format!(
+            "--kubelet-client-certificate={}",
+            p("apiserver-kubelet-client.crt")
+        ))
+        .arg(format!(
+            "--kubelet-client-key={}",
+            p("apiserver-kubelet-client.key")
+        ))
+        .arg(format!(
+            "--requestheader-client-ca-file={}",
+            p("front-proxy-ca.crt")
+        ))
+        .arg(format!(
+            "--proxy-client-cert-file={}",
+            p("front-proxy-client.crt")
+        ))
+        .arg(format!(
+            "--proxy-client-key-file={}",
+            p("front-proxy-client.key")
+        ))
+        .args([
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+        ])
+        .args([
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        ])
+        .args(sa_args)
+        .args([
+            "--service-cluster-ip-range=10.96.0.0/12",
+            "--authorization-mode=Node,RBAC",
+        ])
+        .arg(format!(
+            "--cert-dir={}",
+            work.join("apiserver-certs").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start kube-apiserver");
+    Proc(child)
+}
+
 #[test]
 fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     let apiserver = kube_apiserver();
@@ -264,67 +362,18 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     let (_etcd, etcd_port) = start_etcd(&pki, work.path());
 
     let p = |f: &str| pki.join(f).display().to_string();
-    let log = std::fs::File::create(work.path().join("apiserver.log")).unwrap();
-    let child = Command::new(&apiserver)
-        .arg(format!("--etcd-servers=https://127.0.0.1:{etcd_port}"))
-        .arg(format!("--etcd-cafile={}", p("etcd/ca.crt")))
-        .arg(format!(
-            "--etcd-certfile={}",
-            p("apiserver-etcd-client.crt")
-        ))
-        .arg(format!("--etcd-keyfile={}", p("apiserver-etcd-client.key")))
-        .arg(format!("--secure-port={port}"))
-        .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-        .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
-        .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
-        .arg(format!("--client-ca-file={}", p("ca.crt")))
-        .arg(format!(
-            "--kubelet-client-certificate={}",
-            p("apiserver-kubelet-client.crt")
-        ))
-        .arg(format!(
-            "--kubelet-client-key={}",
-            p("apiserver-kubelet-client.key")
-        ))
-        .arg(format!(
-            "--requestheader-client-ca-file={}",
-            p("front-proxy-ca.crt")
-        ))
-        .arg(format!(
-            "--proxy-client-cert-file={}",
-            p("front-proxy-client.crt")
-        ))
-        .arg(format!(
-            "--proxy-client-key-file={}",
-            p("front-proxy-client.key")
-        ))
-        .args([
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-        ])
-        .args([
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-        ])
-        .arg(format!(
-            "--service-account-signing-endpoint={}",
-            socket.display()
-        ))
-        .arg(format!("--service-account-issuer={ISSUER}"))
-        .args([
-            "--service-cluster-ip-range=10.96.0.0/12",
-            "--authorization-mode=Node,RBAC",
-        ])
-        .arg(format!(
-            "--cert-dir={}",
-            work.path().join("apiserver-certs").display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start kube-apiserver");
-    let _apiserver = Proc(child);
+    let _apiserver = start_apiserver(
+        &apiserver,
+        &pki,
+        work.path(),
+        port,
+        etcd_port,
+        &[
+            format!("--service-account-signing-endpoint={}", socket.display()),
+            format!("--service-account-issuer={ISSUER}"),
+        ],
+        "apiserver.log",
+    );
     let api = Api {
         url: format!("https://127.0.0.1:{port}"),
         pki: pki.clone(),
@@ -459,4 +508,150 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     let late = api.token("demo");
     assert!(api.review(&late).0);
     eprintln!("{requests} requests to kube-apiserver during rotation, all succeeded");
+}
+
+/// Moving a cluster from key files to the external signer without invalidating tokens:
+/// kube-apiserver first signs with `sa.key` (written by `keygrid kubeadm sa-keys init`);
+/// KeyGrid is configured with that `sa.pub` as a legacy key; after kube-apiserver is
+/// restarted on `--service-account-signing-endpoint`, the token signed with the file key
+/// still authenticates (FetchKeys publishes it, verification only), new tokens carry
+/// KeyGrid's key, and the legacy key stays out of OIDC discovery.
+#[test]
+fn moving_from_key_files_to_keygrid_keeps_old_tokens_valid() {
+    let apiserver = kube_apiserver();
+    require_tool("etcd", ETCD_HINT);
+    require_tool("curl", CURL_HINT);
+    let work = tempfile::tempdir().unwrap();
+    let pki = work.path().join("pki");
+    let out = run(Command::new(bin("keygrid")).args([
+        "kubeadm",
+        "sa-keys",
+        "init",
+        "--pki-dir",
+        pki.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sa-signer.sock");
+    let http = format!("127.0.0.1:{}", free_port());
+    let extra = dir.path().join("extra.toml");
+    std::fs::write(
+        &extra,
+        format!(
+            "[control_plane]\nsigner_socket = {:?}\nissuer = \"{ISSUER}\"\nlegacy_key_files = [{:?}]\n",
+            socket.display().to_string(),
+            pki.join("sa.pub").display().to_string()
+        ),
+    )
+    .unwrap();
+    let env = DevEnv::start_with_args(
+        dir,
+        "5m",
+        &[
+            "--core-config-extra".into(),
+            extra.display().to_string(),
+            "--http-listen".into(),
+            http.clone(),
+        ],
+    );
+    wait_until("the signer socket", Duration::from_secs(30), || {
+        socket.exists()
+    });
+    let port = free_port();
+    let out = run(Command::new(bin("keygrid"))
+        .args(["kubeadm", "certs", "--pki-dir", pki.to_str().unwrap()])
+        .args([
+            "--kubeconfig-dir",
+            work.path().join("kube").to_str().unwrap(),
+        ])
+        .args([
+            "--node-name",
+            "cp1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--bind-port",
+            &port.to_string(),
+        ])
+        .arg("--socket")
+        .arg(env.admin_socket()));
+    assert!(out.status.success(), "{}", text(&out));
+    let (_etcd, etcd_port) = start_etcd(&pki, work.path());
+    let api = Api {
+        url: format!("https://127.0.0.1:{port}"),
+        pki: pki.clone(),
+    };
+
+    // Key-file mode.
+    let file_mode = start_apiserver(
+        &apiserver,
+        &pki,
+        work.path(),
+        port,
+        etcd_port,
+        &[
+            format!(
+                "--service-account-key-file={}",
+                pki.join("sa-verify.pub").display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.join("sa.key").display()
+            ),
+            format!("--service-account-issuer={ISSUER}"),
+        ],
+        "apiserver-files.log",
+    );
+    api.wait_ready();
+    api.call(
+        "POST",
+        "/api/v1/namespaces/default/serviceaccounts",
+        Some(&serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "demo"}})),
+    );
+    let old = api.token("demo");
+    let header = |t: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(t.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let old_kid = header(&old)["kid"].as_str().unwrap().to_string();
+    assert!(api.review(&old).0);
+    drop(file_mode);
+
+    // The same cluster on KeyGrid's signer.
+    let _signer_mode = start_apiserver(
+        &apiserver,
+        &pki,
+        work.path(),
+        port,
+        etcd_port,
+        &[
+            format!("--service-account-signing-endpoint={}", socket.display()),
+            format!("--service-account-issuer={ISSUER}"),
+        ],
+        "apiserver-signer.log",
+    );
+    api.wait_ready();
+    assert_eq!(
+        api.review(&old),
+        (true, "system:serviceaccount:default:demo".to_string()),
+        "a token signed with the former key file still authenticates"
+    );
+    let new = api.token("demo");
+    let (new_kid, _) = verify_with_jwks(&new, &jwks(&http));
+    assert_ne!(new_kid, old_kid);
+    assert!(api.review(&new).0);
+    let published: Vec<String> = jwks(&http)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !published.contains(&old_kid),
+        "the legacy key is verification-only, not in OIDC discovery"
+    );
 }

@@ -88,7 +88,7 @@ macro_rules! external_jwt_service {
                 req: Request<$pkg::FetchKeysRequest>,
             ) -> Result<Response<$pkg::FetchKeysResponse>, Status> {
                 authorize_peer(&req)?;
-                let keys = self
+                let mut keys: Vec<$pkg::Key> = self
                     .keys()?
                     .into_iter()
                     .map(|(key_id, key)| $pkg::Key {
@@ -97,6 +97,12 @@ macro_rules! external_jwt_service {
                         exclude_from_oidc_discovery: false,
                     })
                     .collect();
+                // Keys of the former key files: verification only, not in OIDC discovery.
+                keys.extend(self.ring.legacy_keys().iter().map(|l| $pkg::Key {
+                    key_id: l.kid.clone(),
+                    key: l.spki_der.clone(),
+                    exclude_from_oidc_discovery: true,
+                }));
                 Ok(Response::new($pkg::FetchKeysResponse {
                     keys,
                     data_timestamp: Some(Self::timestamp()),
