@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh test
 scripts/build-spire.sh
+scripts/build-kubernetes.sh
 
 cargo fmt --all -- --check
 # Integration tests drive the real binaries, so build them first.

@@ -32,7 +32,7 @@ pub struct BenchResult {
 
 /// Runs each workload in turn for `duration / ROUNDS`, `ROUNDS` times, so that load from
 /// elsewhere on a shared machine falls on all of them alike; returns operations per second.
-fn interleaved<const N: usize>(
+pub(crate) fn interleaved<const N: usize>(
     duration: Duration,
     workloads: &mut [&mut dyn FnMut() -> anyhow::Result<()>; N],
 ) -> anyhow::Result<[f64; N]> {

@@ -56,6 +56,9 @@ pub struct CoreConfig {
     /// The EST enrollment server (RFC 7030); off unless `[est] listen` is set.
     #[serde(default)]
     pub est: crate::est::EstConfig,
+    /// Kubernetes control plane: kubeadm certificates and service-account token signing.
+    #[serde(default)]
+    pub control_plane: ControlPlaneConfig,
 }
 
 /// Environment variable that carries the software backend's key-encryption key; it wins over
@@ -156,6 +159,53 @@ impl Default for AuditConfig {
         AuditConfig {
             checkpoint_interval: Duration::from_secs(60),
             key_label: crate::store::audit::AUDIT_KEY_LABEL.into(),
+        }
+    }
+}
+
+/// Kubernetes control plane: lifetimes of kubeadm's certificates and the
+/// ExternalJWTSigner for service-account tokens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    /// Lifetime of kubeadm certificates when the request sets none (the brief: 24 h).
+    #[serde(with = "humantime_serde")]
+    pub cert_ttl: Duration,
+    /// Unix socket of the ExternalJWTSigner (kube-apiserver's
+    /// `--service-account-signing-endpoint`); off when unset.
+    pub signer_socket: Option<PathBuf>,
+    /// `iss` of service-account tokens, for the OIDC discovery document served on the
+    /// HTTP listener (must equal kube-apiserver's `--service-account-issuer`).
+    pub issuer: Option<String>,
+    /// Algorithm of the service-account signing key, created in the HSM.
+    pub sa_key_algorithm: KeyAlgorithm,
+    /// How often the signing key is replaced (the old one keeps verifying).
+    #[serde(with = "humantime_serde")]
+    pub sa_key_rotation: Duration,
+    /// Longest token lifetime the signer accepts (Metadata); at least 10m. A replaced key
+    /// is published until this long after its replacement.
+    #[serde(with = "humantime_serde")]
+    pub max_token_expiration: Duration,
+    /// How often kube-apiserver should fetch the keys again (FetchKeys refresh hint).
+    #[serde(with = "humantime_serde")]
+    pub keys_refresh_hint: Duration,
+    /// PEM public-key files of the cluster's former `--service-account-key-file` (e.g.
+    /// kubeadm's `sa.pub`): published in FetchKeys as verification-only keys so tokens
+    /// signed before moving to the external signer stay valid.
+    pub legacy_key_files: Vec<PathBuf>,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            cert_ttl: Duration::from_secs(24 * 3600),
+            signer_socket: None,
+            issuer: None,
+            sa_key_algorithm: KeyAlgorithm::EcdsaP256,
+            sa_key_rotation: Duration::from_secs(30 * 24 * 3600),
+            max_token_expiration: Duration::from_secs(24 * 3600),
+            keys_refresh_hint: Duration::from_secs(60),
+            legacy_key_files: Vec::new(),
         }
     }
 }
@@ -456,6 +506,29 @@ impl CoreConfig {
                 "server.serving_cert_ttl must be at least 1m".into(),
             ));
         }
+        let cp = &cfg.control_plane;
+        if cp.cert_ttl < Duration::from_secs(10) {
+            return Err(invalid(
+                "control_plane.cert_ttl must be at least 10s".into(),
+            ));
+        }
+        if cp.max_token_expiration < Duration::from_secs(600) {
+            return Err(invalid(
+                "control_plane.max_token_expiration must be at least 10m (kube-apiserver refuses less)".into(),
+            ));
+        }
+        if cp.sa_key_rotation < Duration::from_secs(1)
+            || cp.keys_refresh_hint < Duration::from_secs(1)
+        {
+            return Err(invalid(
+                "control_plane.sa_key_rotation and control_plane.keys_refresh_hint must be at least 1s".into(),
+            ));
+        }
+        if let Some(u) = &cp.issuer {
+            if !u.starts_with("https://") && !u.starts_with("http://") {
+                return Err(invalid(format!("control_plane.issuer {u:?} must be a URL")));
+            }
+        }
         let h = &cfg.http;
         if h.ocsp_responder_cert_ttl < Duration::from_secs(10) {
             return Err(invalid(
@@ -537,6 +610,17 @@ impl CoreConfig {
                     "ca.issuers.{name} uses the software backend but neither software_keys.kek_file nor {SOFTWARE_KEK_ENV} is set"
                 )));
             }
+        }
+        if cfg
+            .control_plane
+            .sa_key_algorithm
+            .ecdsa_scalar_len()
+            .is_none()
+        {
+            return Err(invalid(format!(
+                "control_plane.sa_key_algorithm {} is not allowed: service-account tokens are signed ES256 or ES384 (ecdsa-p256, ecdsa-p384)",
+                cfg.control_plane.sa_key_algorithm
+            )));
         }
         if cfg.workloads.jwt_algorithm.ecdsa_scalar_len().is_none() {
             return Err(invalid(format!(

@@ -58,6 +58,10 @@ pub struct DevArgs {
     /// The agent binary; defaults to `keygrid-agent` beside this binary.
     #[arg(long, env = "KEYGRID_AGENT_BIN")]
     pub agent_bin: Option<PathBuf>,
+    /// TOML appended to the generated core configuration (e.g. `[control_plane]` or
+    /// `[ca]` sections), to try settings the flags above do not cover.
+    #[arg(long)]
+    pub core_config_extra: Option<PathBuf>,
 }
 
 /// What `prepare` set up, for `run`.
@@ -173,6 +177,11 @@ pub fn prepare(args: DevArgs) -> anyhow::Result<DevPlan> {
             toml.push_str("\n[est]\n");
         }
         toml = toml.replacen("\n[est]\n", &format!("\n[est]\nlisten = \"{addr}\"\n"), 1);
+    }
+    if let Some(extra) = &args.core_config_extra {
+        let text = std::fs::read_to_string(extra)
+            .with_context(|| format!("cannot read {}", extra.display()))?;
+        toml.push_str(&format!("\n# From {}\n{text}\n", extra.display()));
     }
     write_atomic(&core_config, toml.as_bytes(), 0o600)?;
     Ok(DevPlan {

@@ -111,6 +111,171 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// kubeadm's external-CA certificate set: issue, sign kubeadm's CSRs, renew, status.
+    Kubeadm {
+        #[command(subcommand)]
+        command: KubeadmCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Kubernetes service-account signing keys (the ExternalJWTSigner's keys in the HSM).
+    Sa {
+        #[command(subcommand)]
+        command: SaCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SaCommand {
+    /// Create a new signing key now; the previous key keeps verifying until its tokens expire.
+    Rotate,
+    /// List the keys: which signs, which only verify.
+    List,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// kubeadm configuration file (InitConfiguration / ClusterConfiguration YAML); flags
+    /// below override it.
+    #[arg(long)]
+    kubeadm_config: Option<PathBuf>,
+    /// The node's name (etcd CN and SANs, first apiserver SAN).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// localAPIEndpoint.advertiseAddress.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    /// localAPIEndpoint.bindPort.
+    #[arg(long)]
+    bind_port: Option<u16>,
+    /// networking.serviceSubnet (first address goes into the apiserver certificate).
+    #[arg(long)]
+    service_cidr: Option<String>,
+    /// networking.dnsDomain.
+    #[arg(long)]
+    dns_domain: Option<String>,
+    /// controlPlaneEndpoint (host or host:port).
+    #[arg(long)]
+    control_plane_endpoint: Option<String>,
+    /// Extra apiserver SAN (repeatable).
+    #[arg(long = "apiserver-cert-san")]
+    apiserver_sans: Vec<String>,
+    /// Extra etcd server SAN (repeatable).
+    #[arg(long = "etcd-server-cert-san")]
+    etcd_server_sans: Vec<String>,
+    /// Extra etcd peer SAN (repeatable).
+    #[arg(long = "etcd-peer-cert-san")]
+    etcd_peer_sans: Vec<String>,
+}
+
+impl ClusterArgs {
+    fn spec(&self) -> anyhow::Result<keygrid_core::kubeadm::ClusterSpec> {
+        let mut s = keygrid_core::kubeadm::ClusterSpec::default();
+        if let Some(path) = &self.kubeadm_config {
+            keygrid_core::kubeadm::spec::apply_kubeadm_config(&mut s, path)?;
+        }
+        if let Some(n) = &self.node_name {
+            s.node_name = n.clone();
+        }
+        if let Some(a) = self.advertise_address {
+            s.advertise_address = a;
+        }
+        if let Some(p) = self.bind_port {
+            s.bind_port = p;
+        }
+        if let Some(c) = &self.service_cidr {
+            s.service_cidr = keygrid_core::config::parse_cidr(c)
+                .map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?;
+        }
+        if let Some(d) = &self.dns_domain {
+            s.dns_domain = d.clone();
+        }
+        if let Some(e) = &self.control_plane_endpoint {
+            s.control_plane_endpoint = Some(e.clone());
+        }
+        s.apiserver_sans.extend(self.apiserver_sans.iter().cloned());
+        s.etcd_server_sans
+            .extend(self.etcd_server_sans.iter().cloned());
+        s.etcd_peer_sans.extend(self.etcd_peer_sans.iter().cloned());
+        Ok(s)
+    }
+}
+
+#[derive(Subcommand)]
+enum KubeadmCommand {
+    /// Issue kubeadm's certificate set into a pki directory (CA certificates without keys,
+    /// leaves, kubeconfigs that reference certificate files).
+    Certs {
+        /// The pki directory.
+        #[arg(long, default_value = "/etc/kubernetes/pki")]
+        pki_dir: PathBuf,
+        /// Where kubeconfigs go.
+        #[arg(long, default_value = "/etc/kubernetes")]
+        kubeconfig_dir: PathBuf,
+        #[command(flatten)]
+        cluster: Box<ClusterArgs>,
+        /// Only these (repeatable): a base such as etcd/server, or a kubeconfig such as admin.conf.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Certificate lifetime (default: core's control_plane.cert_ttl, 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Algorithm of keys generated on this node.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key_algorithm: String,
+    },
+    /// Sign the CSRs `kubeadm certs generate-csr` wrote and put the certificates beside them.
+    SignCsrs {
+        /// kubeadm's --cert-dir.
+        #[arg(long, default_value = "/etc/kubernetes/pki")]
+        cert_dir: PathBuf,
+        /// kubeadm's --kubeconfig-dir.
+        #[arg(long, default_value = "/etc/kubernetes")]
+        kubeconfig_dir: PathBuf,
+        /// Certificate lifetime (default: core's control_plane.cert_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Renew managed certificates that reached --renew-at of their life (same key, atomic
+    /// write); with --watch, keep doing it.
+    Rotate {
+        /// The pki directory.
+        #[arg(long, default_value = "/etc/kubernetes/pki")]
+        pki_dir: PathBuf,
+        /// Keep running and renew as certificates come due.
+        #[arg(long)]
+        watch: bool,
+        /// Fraction of the lifetime at which to renew.
+        #[arg(long, default_value_t = 0.5)]
+        renew_at: f64,
+        /// How often --watch checks.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Renew everything now.
+        #[arg(long)]
+        force: bool,
+        /// BASE=COMMAND run with `sh -c` after BASE was renewed, for a component that does
+        /// not reload its certificate by itself (repeatable).
+        #[arg(long = "reload-hook")]
+        reload_hooks: Vec<String>,
+    },
+    /// Service-account key files for clusters without the external signer: `init`, then
+    /// the zero-downtime rotation `stage` → `promote` → `retire`, one step per run.
+    SaKeys {
+        /// Directory of sa.key / sa.pub / sa-verify.pub.
+        #[arg(long, default_value = "/etc/kubernetes/pki")]
+        pki_dir: PathBuf,
+        /// init, stage, promote or retire.
+        step: String,
+    },
+    /// Show every managed file, its expiry and its last renewal.
+    Status {
+        /// The pki directory.
+        #[arg(long, default_value = "/etc/kubernetes/pki")]
+        pki_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +503,18 @@ enum EntryCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// ExternalJWTSigner Sign over its Unix socket, beside the raw rate of the same key.
+    SaSign {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "3")]
+        seconds: u64,
+        /// Key backends to measure (software, pkcs11).
+        #[arg(long, value_delimiter = ',', default_value = "software,pkcs11")]
+        backends: Vec<String>,
+        /// PKCS#11 module for the pkcs11 backend (a private SoftHSM2 token is created).
+        #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+        pkcs11_module: PathBuf,
+    },
     /// X.509-SVID issuance per second per core, beside the raw sign rate of the same CA key.
     Issue {
         /// Seconds per measurement.
@@ -776,6 +953,35 @@ async fn admin_command(cmd: Command) -> anyhow::Result<()> {
             println!("bundle:      {}", written.bundle.display());
             println!("expires:     {}", written.expires_at);
         }
+        Command::Kubeadm { command, admin } => kubeadm_command(command, admin).await?,
+        Command::Sa { command, admin } => {
+            use keygrid_proto::keygrid::v1::control_plane_admin_client::ControlPlaneAdminClient;
+            let mut c = ControlPlaneAdminClient::new(
+                keygrid_core::admin_client::channel(&admin.socket()?).await?,
+            );
+            let keys = match command {
+                SaCommand::Rotate => {
+                    c.rotate_service_account_key(pb::RotateServiceAccountKeyRequest {})
+                        .await
+                }
+                SaCommand::List => {
+                    c.list_service_account_keys(pb::ListServiceAccountKeysRequest {})
+                        .await
+                }
+            }
+            .map_err(status_error)?
+            .into_inner();
+            for k in keys.keys {
+                println!(
+                    "{}  {}  {}  created {}  {}",
+                    k.key_id,
+                    k.algorithm,
+                    if k.signing { "signing  " } else { "verifying" },
+                    fmt_time(k.created_at_unix),
+                    k.key_location
+                );
+            }
+        }
         Command::Serve { .. }
         | Command::Audit { .. }
         | Command::Backup { .. }
@@ -817,6 +1023,115 @@ fn est_command(command: EstCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn kubeadm_command(cmd: KubeadmCommand, admin: AdminArgs) -> anyhow::Result<()> {
+    use keygrid_core::kubeadm;
+    match cmd {
+        KubeadmCommand::Certs {
+            pki_dir,
+            kubeconfig_dir,
+            cluster,
+            only,
+            ttl,
+            key_algorithm,
+        } => {
+            let opts = kubeadm::CertsOptions {
+                socket: admin.socket()?,
+                pki_dir,
+                kubeconfig_dir,
+                spec: cluster.spec()?,
+                only,
+                ttl,
+                key_algorithm: kubeadm::LeafKeyAlgorithm::parse(&key_algorithm)?,
+            };
+            for w in kubeadm::write_certificate_set(&opts).await? {
+                println!("{:<32} expires {}", w.base, fmt_time(w.not_after));
+            }
+        }
+        KubeadmCommand::SignCsrs {
+            cert_dir,
+            kubeconfig_dir,
+            ttl,
+        } => {
+            let signed = kubeadm::csr::sign_generated_csrs(
+                &admin.socket()?,
+                &cert_dir,
+                &kubeconfig_dir,
+                ttl.map(|d| d.as_secs()).unwrap_or(0),
+            )
+            .await?;
+            for f in signed {
+                println!("{:<48} expires {}", f.path.display(), fmt_time(f.not_after));
+            }
+        }
+        KubeadmCommand::Rotate {
+            pki_dir,
+            watch,
+            renew_at,
+            interval,
+            force,
+            reload_hooks,
+        } => {
+            let mut hooks = std::collections::BTreeMap::new();
+            for h in reload_hooks {
+                let (base, cmd) = h
+                    .split_once('=')
+                    .filter(|(b, c)| !b.is_empty() && !c.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--reload-hook {h:?} must be BASE=COMMAND"))?;
+                hooks.insert(base.to_string(), cmd.to_string());
+            }
+            let opts = kubeadm::RotateOptions {
+                socket: admin.socket()?,
+                pki_dir,
+                renew_at,
+                force,
+                reload_hooks: hooks,
+            };
+            if watch {
+                kubeadm::watch(opts, interval, shutdown_signal()).await?;
+            } else {
+                for r in kubeadm::renew_due(&opts).await? {
+                    println!("{:<32} renewed, expires {}", r.base, fmt_time(r.not_after));
+                }
+            }
+        }
+        KubeadmCommand::SaKeys { pki_dir, step } => {
+            let next =
+                kubeadm::sa_keys::run_step(&pki_dir, kubeadm::sa_keys::SaStep::parse(&step)?)?;
+            println!("{step}: done. Next: {next}.");
+        }
+        KubeadmCommand::Status { pki_dir } => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            println!(
+                "{:<52} {:<30} {:<22} {:>10} {:<22} {:>7}",
+                "CERTIFICATE", "PROFILE", "EXPIRES", "RESIDUAL", "LAST RENEWAL", "ISSUED"
+            );
+            for r in kubeadm::status(&pki_dir)? {
+                let (exp, left) = match r.not_after {
+                    Some(t) => (
+                        fmt_time(t),
+                        humantime::format_duration(Duration::from_secs((t - now).max(0) as u64))
+                            .to_string(),
+                    ),
+                    None => ("missing".into(), "-".into()),
+                };
+                println!(
+                    "{:<52} {:<30} {:<22} {:>10} {:<22} {:>7}",
+                    r.cert_file.display(),
+                    r.profile,
+                    exp,
+                    left,
+                    fmt_time(r.last_renewal),
+                    r.issued_count
+                );
+                if let Some(k) = r.kubeconfig {
+                    println!("  referenced by {}", k.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -833,6 +1148,30 @@ async fn shutdown_signal() {
 }
 
 fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
+    if let BenchCommand::SaSign {
+        seconds,
+        backends,
+        pkcs11_module,
+    } = cmd
+    {
+        let dir = tempfile::tempdir()?;
+        if backends.iter().any(|b| b == "pkcs11") {
+            if !pkcs11_module.exists() {
+                anyhow::bail!(
+                    "{} not found; install SoftHSM2 (scripts/install-deps.sh)",
+                    pkcs11_module.display()
+                );
+            }
+            keygrid_core::bench::prepare_softhsm(dir.path())?;
+        }
+        let results = keygrid_core::sa_bench::run(
+            &pkcs11_module,
+            &backends,
+            Duration::from_secs(seconds.max(1)),
+        )?;
+        keygrid_core::sa_bench::print(&results);
+        return Ok(());
+    }
     let (seconds, backends, algorithms, pkcs11_module) = match cmd {
         BenchCommand::Audit { seconds, engines } => {
             let results =
@@ -846,6 +1185,7 @@ fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
             algorithms,
             pkcs11_module,
         } => (seconds, backends, algorithms, pkcs11_module),
+        BenchCommand::SaSign { .. } => return Ok(()),
     };
     let algorithms = algorithms
         .iter()

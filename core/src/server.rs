@@ -18,7 +18,8 @@ use crate::issuance::{Issuance, IssuanceSettings};
 use crate::keys::pkcs11::Pkcs11Token;
 use crate::store::Store;
 use keygrid_proto::keygrid::v1::{
-    spire_admin_server::SpireAdminServer, spire_upstream_server::SpireUpstreamServer,
+    control_plane_admin_server::ControlPlaneAdminServer, spire_admin_server::SpireAdminServer,
+    spire_upstream_server::SpireUpstreamServer,
 };
 
 /// Writes `data` to `path` atomically (temp file + rename), with `mode`.
@@ -110,6 +111,101 @@ pub fn issuer_keys(
         software,
         cfg.software_issuers(),
     )?))
+}
+
+/// Loads (or creates) the service-account signing keys in the HSM when the
+/// ExternalJWTSigner is configured, and rotates them on schedule.
+async fn start_sa_signer(
+    cfg: &CoreConfig,
+    store: Arc<Store>,
+    token: &Arc<Pkcs11Token>,
+) -> anyhow::Result<Option<Arc<crate::sa_signer::SaKeyRing>>> {
+    let cp = &cfg.control_plane;
+    if cp.signer_socket.is_none() {
+        return Ok(None);
+    }
+    let settings = crate::sa_signer::SaSettings {
+        algorithm: cp.sa_key_algorithm,
+        rotation: cp.sa_key_rotation,
+        max_token_expiration: cp.max_token_expiration,
+        refresh_hint: cp.keys_refresh_hint,
+    };
+    let backend: Arc<dyn crate::keys::KeyBackend> = Arc::new(token.clone());
+    let mut legacy = Vec::new();
+    for f in &cp.legacy_key_files {
+        legacy.extend(
+            crate::sa_signer::read_legacy_keys(f)
+                .map_err(|e| anyhow::anyhow!("control_plane.legacy_key_files: {e}"))?,
+        );
+    }
+    let ring = tokio::task::spawn_blocking(move || {
+        crate::sa_signer::SaKeyRing::init_or_load(
+            store,
+            backend,
+            settings,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )
+    })
+    .await?
+    .context("cannot load or create the service-account signing key")?;
+    for l in &legacy {
+        tracing::info!(kid = %l.kid, "verification-only service-account key from a former key file");
+    }
+    let ring = Arc::new(ring.with_legacy_keys(legacy));
+    let current = ring.current()?;
+    tracing::info!(kid = %current.kid, key = %current.location(), "service-account signing key loaded");
+    let check = (cp.sa_key_rotation / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let r = ring.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(check).await;
+            let r = r.clone();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            match tokio::task::spawn_blocking(move || r.rotate_if_due(now)).await {
+                Ok(Ok(Some(k))) => {
+                    tracing::info!(kid = %k.kid, "service-account signing key rotated")
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "service-account key rotation failed"),
+                Err(e) => tracing::error!(error = %e, "service-account key rotation task failed"),
+            }
+        }
+    });
+    Ok(Some(ring))
+}
+
+/// Binds the ExternalJWTSigner socket (mode 0600) and returns its server future; a
+/// finished future when the signer is off.
+fn serve_sa_signer(
+    cfg: &CoreConfig,
+    ring: Option<Arc<crate::sa_signer::SaKeyRing>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>>> {
+    use keygrid_proto::externaljwt::{v1, v1alpha1};
+    let (Some(ring), Some(path)) = (ring, cfg.control_plane.signer_socket.clone()) else {
+        return Ok(Box::pin(async { Ok(()) }));
+    };
+    if path.exists() {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot bind signer socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(socket = %path.display(), "ExternalJWTSigner (v1, v1alpha1) ready");
+    let service = crate::api::external_jwt::ExternalJwtSigner::new(ring);
+    let server = tonic::transport::Server::builder()
+        .add_service(v1::external_jwt_signer_server::ExternalJwtSignerServer::new(service.clone()))
+        .add_service(v1alpha1::external_jwt_signer_server::ExternalJwtSignerServer::new(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    Ok(Box::pin(async move {
+        let r = server.await;
+        let _ = std::fs::remove_file(&path);
+        r
+    }))
 }
 
 /// Runs core until `shutdown` resolves.
@@ -205,6 +301,7 @@ pub async fn run(
             "JWT-SVID signing key loaded");
         Arc::new(jwt)
     };
+    let sa_ring = start_sa_signer(&cfg, store.clone(), &token).await?;
     let serving = Arc::new(
         tls::ServingCert::issue(&hierarchy, &store, &cfg)
             .map_err(|e| anyhow::anyhow!("cannot issue core's serving certificate: {e}"))?,
@@ -295,15 +392,32 @@ pub async fn run(
             spire,
             hierarchy.clone(),
         )))
+        .add_service(ControlPlaneAdminServer::new(
+            crate::api::control_plane::ControlPlaneAdminApi::new(
+                issuance.clone(),
+                sa_ring.clone(),
+                cfg.control_plane.cert_ttl,
+            ),
+        ))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(admin_listener),
             stopped(stop_rx.clone()),
         );
+    let oidc = match (&sa_ring, &cfg.control_plane.issuer, cfg.http.public_base()) {
+        (Some(ring), Some(issuer), Some(base)) => Some(crate::http::oidc::router(
+            ring.clone(),
+            issuer.clone(),
+            &base,
+        )),
+        _ => None,
+    };
+    let signer_server = serve_sa_signer(&cfg, sa_ring.clone(), stopped(stop_rx.clone()))?;
     let http_server = crate::revocation::runtime::serve_http(
         &cfg.http,
         store.clone(),
         hierarchy.clone(),
         revocation.responder.clone(),
+        oidc,
         stopped(stop_rx.clone()),
     );
     let est_server = crate::est::serve(
@@ -311,7 +425,7 @@ pub async fn run(
         issuance.clone(),
         hierarchy.clone(),
         serving.clone(),
-        stopped(stop_rx.clone()),
+        stopped(stop_rx),
     );
     tokio::spawn(async move {
         shutdown.await;
@@ -319,11 +433,18 @@ pub async fn run(
     });
     tracing::info!(listen = %listen_addr, admin_socket = %admin_path.display(),
         bundle = %cfg.bundle_path().display(), "keygrid core ready");
-    let (a, b, c, d) = tokio::join!(node_server, admin_server, http_server, est_server);
+    let (a, b, c, d, e) = tokio::join!(
+        node_server,
+        admin_server,
+        http_server,
+        est_server,
+        signer_server
+    );
     a.context("node API server failed")?;
     b.context("admin API server failed")?;
     c?;
     d?;
+    e.context("ExternalJWTSigner server failed")?;
     let _ = std::fs::remove_file(&admin_path);
     // A last checkpoint, so the chain as this core leaves it is signed.
     let (s, k) = (store.clone(), audit_key.clone());

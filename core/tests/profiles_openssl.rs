@@ -58,7 +58,20 @@ fn sample(name: &str) -> LeafRequest {
         },
         "kube-apiserver-kubelet-client" => LeafRequest {
             common_name: s("kube-apiserver-kubelet-client"),
+            ..Default::default()
+        },
+        "kubeconfig-admin" => LeafRequest {
+            common_name: s("kubernetes-admin"),
             organizations: vec!["kubeadm:cluster-admins".into()],
+            ..Default::default()
+        },
+        "kubeconfig-super-admin" => LeafRequest {
+            organizations: vec!["system:masters".into()],
+            ..Default::default()
+        },
+        "kubeconfig-controller-manager" | "kubeconfig-scheduler" => LeafRequest::default(),
+        "kubeconfig-kubelet" => LeafRequest {
+            common_name: s("system:node:cp1"),
             ..Default::default()
         },
         "etcd-server" | "etcd-peer" => LeafRequest {
@@ -67,10 +80,11 @@ fn sample(name: &str) -> LeafRequest {
             ips: vec![ip("127.0.0.1")],
             ..Default::default()
         },
-        "etcd-client" => LeafRequest {
+        "etcd-healthcheck-client" => LeafRequest {
             common_name: s("kube-etcd-healthcheck-client"),
             ..Default::default()
         },
+        "kube-apiserver-etcd-client" => LeafRequest::default(),
         "front-proxy-client" => LeafRequest {
             common_name: s("front-proxy-client"),
             ..Default::default()

@@ -22,6 +22,20 @@ pub mod keygrid {
     }
 }
 
+/// Kubernetes' ExternalJWTSigner API (KEP-740), which kube-apiserver calls to sign
+/// service-account tokens; both packages are served on one socket because apiservers of
+/// 1.32–1.35 speak `v1alpha1` and newer ones `v1`.
+pub mod externaljwt {
+    /// Package `v1` (kube-apiserver 1.36+).
+    pub mod v1 {
+        tonic::include_proto!("v1");
+    }
+    /// Package `v1alpha1` (kube-apiserver 1.32–1.35).
+    pub mod v1alpha1 {
+        tonic::include_proto!("v1alpha1");
+    }
+}
+
 /// The SPIFFE Workload API. The upstream proto has no package, so prost names the
 /// generated file `_`; the service on the wire is the bare `SpiffeWorkloadAPI`.
 pub mod workload {

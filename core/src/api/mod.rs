@@ -1,6 +1,8 @@
 //! Core's network APIs: the node API over TLS and the admin API over a local socket.
 
 pub mod admin;
+pub mod control_plane;
+pub mod external_jwt;
 pub mod node;
 pub mod revocation;
 pub mod spire_upstream;

@@ -41,8 +41,15 @@ pub enum CaError {
 
 /// Issuer names, as stored and shown by `keygrid ca show`.
 pub const ROOT: &str = "root";
-/// The issuer of kube-apiserver, etcd and front-proxy certificates.
+/// The Kubernetes cluster CA (kubeadm's `ca`): kube-apiserver serving, apiserver →
+/// kubelet client, and the kubeconfig client certificates.
 pub const CONTROL_PLANE: &str = "control-plane";
+/// kubeadm's `front-proxy-ca`: a separate CA because kube-apiserver trusts every
+/// certificate it signs as an authenticating proxy (`--requestheader-client-ca-file`).
+pub const FRONT_PROXY: &str = "front-proxy";
+/// kubeadm's `etcd-ca`: etcd trusts every certificate it signs as a peer or client, so it
+/// signs etcd certificates only.
+pub const ETCD: &str = "etcd";
 /// The issuer of node (agent, kubelet) and core serving certificates.
 pub const NODES: &str = "nodes";
 /// The issuer of SPIRE servers' CA certificates (UpstreamAuthority).
@@ -50,7 +57,14 @@ pub const SPIRE_UPSTREAM: &str = "spire-upstream";
 /// The issuer of X.509-SVIDs.
 pub const WORKLOADS: &str = "workloads";
 /// Every issuing CA under the root, in display order.
-pub const ISSUERS: [&str; 4] = [CONTROL_PLANE, NODES, SPIRE_UPSTREAM, WORKLOADS];
+pub const ISSUERS: [&str; 6] = [
+    CONTROL_PLANE,
+    FRONT_PROXY,
+    ETCD,
+    NODES,
+    SPIRE_UPSTREAM,
+    WORKLOADS,
+];
 
 /// An owned handle to a CA signer in the form rcgen's `Issuer` wants.
 #[derive(Clone)]
@@ -303,7 +317,7 @@ impl HierarchySettings {
                 uri_host: Some(self.trust_domain.clone()),
                 ..Default::default()
             },
-            CONTROL_PLANE => self.control_plane_constraints.clone(),
+            CONTROL_PLANE | ETCD => self.control_plane_constraints.clone(),
             _ => profiles::IssuerConstraints::default(),
         }
     }
@@ -547,6 +561,45 @@ impl Hierarchy {
         Ok(())
     }
 
+    /// Checks DNS and IP names against `issuer`'s name constraints (the cluster's allowed
+    /// names), so a name outside them is refused with a reason instead of producing a
+    /// certificate that relying parties would reject.
+    pub fn names_permitted(
+        &self,
+        issuer: &str,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<(), String> {
+        let c = self.settings.constraints(issuer);
+        if !c.dns.is_empty() || !c.ips.is_empty() {
+            for d in dns_names {
+                let d = d.to_ascii_lowercase();
+                let ok = c.dns.iter().any(|base| {
+                    let base = base.trim_start_matches('.').to_ascii_lowercase();
+                    d == base || d.ends_with(&format!(".{base}"))
+                });
+                if !ok {
+                    return Err(format!(
+                        "DNS name {d:?} is outside the {issuer} CA's allowed names ({})",
+                        c.dns.join(", ")
+                    ));
+                }
+            }
+            for ip in ips {
+                if !c
+                    .ips
+                    .iter()
+                    .any(|(net, len)| profiles::ip_in(ip, net, *len))
+                {
+                    return Err(format!(
+                        "IP address {ip} is outside the {issuer} CA's allowed ranges"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The trust domain name.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
@@ -611,6 +664,16 @@ impl Hierarchy {
     /// The active issuer of control-plane certificates.
     pub fn control_plane(&self) -> Arc<Authority> {
         self.active_now(CONTROL_PLANE)
+    }
+
+    /// The active front-proxy CA.
+    pub fn front_proxy(&self) -> Arc<Authority> {
+        self.active_now(FRONT_PROXY)
+    }
+
+    /// The active etcd CA.
+    pub fn etcd(&self) -> Arc<Authority> {
+        self.active_now(ETCD)
     }
 
     /// Every generation of every CA: roots first, then issuers by name, oldest first.

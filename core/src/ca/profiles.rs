@@ -102,6 +102,25 @@ pub fn issuing_ca(
     Ok(p)
 }
 
+/// Whether `ip` is inside `net`/`prefix` (same address family only).
+pub fn ip_in(ip: &IpAddr, net: &IpAddr, prefix: u8) -> bool {
+    let bits = |a: &IpAddr| -> (u128, u32) {
+        match a {
+            IpAddr::V4(v) => (u32::from(*v) as u128, 32),
+            IpAddr::V6(v) => (u128::from(*v), 128),
+        }
+    };
+    let ((a, wa), (b, wb)) = (bits(ip), bits(net));
+    if wa != wb || u32::from(prefix) > wa {
+        return false;
+    }
+    let shift = wa - u32::from(prefix);
+    if shift >= 128 {
+        return true;
+    }
+    (a >> shift) == (b >> shift)
+}
+
 /// DER of `NameConstraints { permittedSubtrees [0] { GeneralSubtree { uniformResourceIdentifier [6] host } } }`.
 fn uri_name_constraints_der(host: &str) -> Vec<u8> {
     use crate::keys::ecdsa_der::tlv;
@@ -200,6 +219,15 @@ pub struct Profile {
     pub cn_prefix: Option<&'static str>,
     /// Organisations always written (kubelet: `system:nodes`); others are refused.
     pub organizations: &'static [&'static str],
+    /// The only common name allowed (kubeadm identities are fixed names that RBAC and
+    /// `--requestheader-allowed-names` match exactly); used when the request names none.
+    pub common_name: Option<&'static str>,
+    /// Whether `O=KeyGrid` is written when the profile fixes no organisation. Kubernetes
+    /// reads O as group membership, so Kubernetes identities get exactly their own O.
+    pub keygrid_organization: bool,
+    /// Adds keyEncipherment when the subject key is RSA (kubeadm's rule; meaningless and
+    /// left out for EC keys).
+    pub rsa_key_encipherment: bool,
     /// Hard cap on lifetime, whatever policy allows.
     pub max_ttl: Duration,
 }
@@ -223,6 +251,9 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &[],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(DAY),
     },
     Profile {
@@ -236,6 +267,9 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &[],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(365 * DAY),
     },
     Profile {
@@ -249,6 +283,9 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &[],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(30 * DAY),
     },
     Profile {
@@ -262,6 +299,9 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &[],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(30 * DAY),
     },
     Profile {
@@ -275,6 +315,9 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: Some("system:node:"),
         organizations: &["system:nodes"],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(365 * DAY),
     },
     Profile {
@@ -288,12 +331,18 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: Some("system:node:"),
         organizations: &["system:nodes"],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(365 * DAY),
     },
+    // kubeadm's certificate set (research note kubernetes-pki.md §1.2, §1.3): subjects carry
+    // only what kubeadm writes (no KeyGrid O), usages are digitalSignature plus
+    // keyEncipherment for RSA keys, and each CA signs only its own kind.
     Profile {
         name: "kube-apiserver",
         issuer: super::CONTROL_PLANE,
-        key_usages: &[DigitalSignature, KeyEncipherment],
+        key_usages: &[DigitalSignature],
         ekus: &[Eku::ServerAuth],
         spiffe_id: SpiffeIdRule::Forbidden,
         names_allowed: true,
@@ -301,12 +350,31 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &[],
+        common_name: Some("kube-apiserver"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
         max_ttl: Duration::from_secs(365 * DAY),
     },
     Profile {
         name: "kube-apiserver-kubelet-client",
         issuer: super::CONTROL_PLANE,
-        key_usages: &[DigitalSignature, KeyEncipherment],
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: Some("kube-apiserver-kubelet-client"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kubeconfig-admin",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature],
         ekus: &[Eku::ClientAuth],
         spiffe_id: SpiffeIdRule::Forbidden,
         names_allowed: false,
@@ -314,51 +382,31 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &["kubeadm:cluster-admins"],
+        common_name: Some("kubernetes-admin"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
         max_ttl: Duration::from_secs(365 * DAY),
     },
     Profile {
-        name: "etcd-server",
+        name: "kubeconfig-super-admin",
         issuer: super::CONTROL_PLANE,
-        key_usages: &[DigitalSignature, KeyEncipherment],
-        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
-        spiffe_id: SpiffeIdRule::Forbidden,
-        names_allowed: true,
-        ca_path_len: None,
-        ocsp_nocheck: false,
-        cn_prefix: None,
-        organizations: &[],
-        max_ttl: Duration::from_secs(365 * DAY),
-    },
-    Profile {
-        name: "etcd-peer",
-        issuer: super::CONTROL_PLANE,
-        key_usages: &[DigitalSignature, KeyEncipherment],
-        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
-        spiffe_id: SpiffeIdRule::Forbidden,
-        names_allowed: true,
-        ca_path_len: None,
-        ocsp_nocheck: false,
-        cn_prefix: None,
-        organizations: &[],
-        max_ttl: Duration::from_secs(365 * DAY),
-    },
-    Profile {
-        name: "etcd-client",
-        issuer: super::CONTROL_PLANE,
-        key_usages: &[DigitalSignature, KeyEncipherment],
-        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
         spiffe_id: SpiffeIdRule::Forbidden,
         names_allowed: false,
         ca_path_len: None,
         ocsp_nocheck: false,
         cn_prefix: None,
-        organizations: &[],
+        organizations: &["system:masters"],
+        common_name: Some("kubernetes-super-admin"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
         max_ttl: Duration::from_secs(365 * DAY),
     },
     Profile {
-        name: "front-proxy-client",
+        name: "kubeconfig-controller-manager",
         issuer: super::CONTROL_PLANE,
-        key_usages: &[DigitalSignature, KeyEncipherment],
+        key_usages: &[DigitalSignature],
         ekus: &[Eku::ClientAuth],
         spiffe_id: SpiffeIdRule::Forbidden,
         names_allowed: false,
@@ -366,6 +414,121 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: false,
         cn_prefix: None,
         organizations: &[],
+        common_name: Some("system:kube-controller-manager"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kubeconfig-scheduler",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: Some("system:kube-scheduler"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kubeconfig-kubelet",
+        issuer: super::CONTROL_PLANE,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: Some("system:node:"),
+        organizations: &["system:nodes"],
+        common_name: None,
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "front-proxy-client",
+        issuer: super::FRONT_PROXY,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: Some("front-proxy-client"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "etcd-server",
+        issuer: super::ETCD,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: None,
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "etcd-peer",
+        issuer: super::ETCD,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ServerAuth, Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: true,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: None,
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "etcd-healthcheck-client",
+        issuer: super::ETCD,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: Some("kube-etcd-healthcheck-client"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
+        max_ttl: Duration::from_secs(365 * DAY),
+    },
+    Profile {
+        name: "kube-apiserver-etcd-client",
+        issuer: super::ETCD,
+        key_usages: &[DigitalSignature],
+        ekus: &[Eku::ClientAuth],
+        spiffe_id: SpiffeIdRule::Forbidden,
+        names_allowed: false,
+        ca_path_len: None,
+        ocsp_nocheck: false,
+        cn_prefix: None,
+        organizations: &[],
+        common_name: Some("kube-apiserver-etcd-client"),
+        keygrid_organization: false,
+        rsa_key_encipherment: true,
         max_ttl: Duration::from_secs(365 * DAY),
     },
     Profile {
@@ -379,6 +542,9 @@ pub const PROFILES: &[Profile] = &[
         ocsp_nocheck: true,
         cn_prefix: None,
         organizations: &[],
+        common_name: None,
+        keygrid_organization: true,
+        rsa_key_encipherment: false,
         max_ttl: Duration::from_secs(7 * DAY),
     },
 ];
@@ -401,6 +567,8 @@ pub struct LeafRequest {
     pub dns_names: Vec<String>,
     /// IP SANs.
     pub ips: Vec<IpAddr>,
+    /// The subject key is RSA (profiles with `rsa_key_encipherment` then add keyEncipherment).
+    pub rsa_key: bool,
 }
 
 impl Profile {
@@ -414,7 +582,7 @@ impl Profile {
         let bad = |m: String| CaError::InvalidRequest(format!("profile {}: {m}", self.name));
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        if self.organizations.is_empty() {
+        if self.organizations.is_empty() && self.keygrid_organization {
             dn.push(DnType::OrganizationName, ORGANIZATION);
         }
         for o in &req.organizations {
@@ -431,7 +599,15 @@ impl Profile {
                 _ => return Err(bad(format!("common name must be {prefix}<name>"))),
             }
         }
-        if let Some(cn) = &req.common_name {
+        let fixed_cn = self.common_name.map(str::to_string);
+        let common_name = match (&fixed_cn, &req.common_name) {
+            (Some(want), Some(got)) if want != got => {
+                return Err(bad(format!("common name must be {want:?}, not {got:?}")))
+            }
+            (Some(_), _) => &fixed_cn,
+            (None, got) => got,
+        };
+        if let Some(cn) = common_name {
             if cn.is_empty() || cn.len() > 64 {
                 return Err(bad("common name must be 1 to 64 characters".into()));
             }
@@ -457,6 +633,9 @@ impl Profile {
         sans.extend(req.ips.iter().copied().map(SanType::IpAddress));
         p.subject_alt_names = sans;
         p.key_usages = self.key_usages.to_vec();
+        if self.rsa_key_encipherment && req.rsa_key {
+            p.key_usages.push(KeyEncipherment);
+        }
         p.extended_key_usages = self
             .ekus
             .iter()

@@ -98,14 +98,22 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
     let names: Vec<&str> = all.iter().map(|a| a.name()).collect();
     assert_eq!(
         names,
-        [ROOT, CONTROL_PLANE, NODES, SPIRE_UPSTREAM, WORKLOADS]
+        [
+            ROOT,
+            CONTROL_PLANE,
+            FRONT_PROXY,
+            ETCD,
+            NODES,
+            SPIRE_UPSTREAM,
+            WORKLOADS
+        ]
     );
     assert_eq!(first.root().algorithm(), KeyAlgorithm::EcdsaP384);
     assert_eq!(first.workloads().algorithm(), KeyAlgorithm::EcdsaP256);
     assert_eq!(first.bundle(), vec![first.root().cert_der().to_vec()]);
 
     let records = store.authorities().unwrap();
-    assert_eq!(records.len(), 5);
+    assert_eq!(records.len(), 7);
     assert_eq!(records[0].name, ROOT);
     assert_eq!(records[0].parent, None);
     for rec in &records[1..] {
@@ -125,6 +133,8 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         first.workloads(),
         first.nodes(),
         first.control_plane(),
+        first.front_proxy(),
+        first.etcd(),
         first.spire_upstream(),
     ] {
         let cert = parse(der(issuing.clone()));
@@ -161,7 +171,7 @@ fn init_creates_hierarchy_then_loads_the_same_one() {
         assert_eq!(a.not_after(), b.not_after());
     }
     // The store still holds exactly one hierarchy.
-    assert_eq!(store.authorities().unwrap().len(), 5);
+    assert_eq!(store.authorities().unwrap().len(), 7);
 
     // The loaded hierarchy signs certificates that chain to the same root.
     let issued = sign_svid(
@@ -521,7 +531,7 @@ fn root_rotation_keeps_every_valid_certificate_verifiable() {
         .unwrap();
     assert_eq!(
         created.len(),
-        5,
+        7,
         "a new root and a new generation of each issuing CA"
     );
     let r2 = created[0].cert_der().to_vec();
@@ -622,4 +632,40 @@ fn spiffe_issuers_carry_critical_uri_name_constraints() {
     assert!(nodes
         .iter_extensions()
         .all(|e| e.oid.to_id_string() != "2.5.29.30"));
+}
+
+#[test]
+fn control_plane_names_are_checked_against_the_constraints() {
+    let store = Store::in_memory().unwrap();
+    let keys = MemoryBackend::default();
+    let mut s = settings(TD);
+    s.control_plane_constraints = profiles::IssuerConstraints {
+        dns: vec!["cluster.local".into(), "kubernetes".into()],
+        ips: vec![("10.96.0.0".parse().unwrap(), 12)],
+        ..Default::default()
+    };
+    let (h, _) = Hierarchy::init_or_load(&store, &keys, &s).unwrap();
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    for issuer in [CONTROL_PLANE, ETCD] {
+        assert!(h
+            .names_permitted(
+                issuer,
+                &["kubernetes".into(), "a.svc.cluster.local".into()],
+                &[ip("10.96.0.1")]
+            )
+            .is_ok());
+        let err = h
+            .names_permitted(issuer, &["evil.com".into()], &[])
+            .unwrap_err();
+        assert!(err.contains("evil.com"), "{err}");
+        assert!(h
+            .names_permitted(issuer, &["notcluster.local".into()], &[])
+            .is_err());
+        assert!(h.names_permitted(issuer, &[], &[ip("10.112.0.1")]).is_err());
+        assert!(h.names_permitted(issuer, &[], &[ip("::1")]).is_err());
+    }
+    // The front-proxy CA signs no names, so it carries no constraints.
+    assert!(h
+        .names_permitted(FRONT_PROXY, &["anything".into()], &[])
+        .is_ok());
 }

@@ -782,5 +782,6 @@ fn request_from(profile: &str, names: &Names, spiffe_id: Option<&str>) -> profil
             .into_iter()
             .filter_map(|s| s.parse().ok())
             .collect(),
+        ..Default::default()
     }
 }

@@ -27,6 +27,8 @@ use base64::Engine;
 use serde::Deserialize;
 use x509_ocsp::OcspResponseStatus;
 
+pub mod oidc;
+
 use crate::ca::Hierarchy;
 use crate::revocation::ocsp::{OcspAnswer, OcspResponder};
 use crate::store::Store;

@@ -123,6 +123,7 @@ pub async fn serve_http(
     store: Arc<Store>,
     ca: Arc<Hierarchy>,
     responder: Option<Arc<OcspResponder>>,
+    extra: Option<axum::Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Some(addr) = h.listen else {
@@ -133,11 +134,14 @@ pub async fn serve_http(
         .with_context(|| format!("cannot listen on {addr} (http.listen)"))?;
     tracing::info!(listen = %addr, public_url = h.public_base().unwrap_or_default(),
         "OCSP and CRL endpoints ready");
-    let app = router(Arc::new(HttpState {
+    let mut app = router(Arc::new(HttpState {
         responder,
         store,
         ca,
     }));
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     crate::http::serve(listener, app, shutdown)
         .await
         .context("HTTP server failed")
@@ -180,5 +184,5 @@ pub async fn serve_standalone(
         responder: Some(responder.clone()),
     };
     spawn_maintenance(&rt, cfg.http.maintenance_interval);
-    serve_http(&cfg.http, store, ca, Some(responder), shutdown).await
+    serve_http(&cfg.http, store, ca, Some(responder), None, shutdown).await
 }

@@ -52,6 +52,7 @@ pub const TABLES: &[(&str, &str)] = &[
         "issuer, number, base_number, this_update, next_update, der",
     ),
     ("jwt_keys", "kid, key_label, algorithm, created_at"),
+    ("sa_keys", "kid, key_label, algorithm, created_at"),
     (
         "est_pending",
         "id, label, requester, subject, state, created_at, decided_at",

@@ -140,6 +140,14 @@ const MIGRATIONS: &[&str] = &[
         manufacturer TEXT NOT NULL,
         bound_at INTEGER NOT NULL
     );",
+    // 7 (control plane, issue #9): Kubernetes service-account signing keys
+    // (labels in the key backend, never the keys).
+    "CREATE TABLE sa_keys (
+        kid TEXT PRIMARY KEY,
+        key_label TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 const AUDIT_SQLITE: &str = "CREATE TABLE audit_log (
@@ -312,6 +320,15 @@ const PG_MIGRATIONS: &[(i64, &str)] = &[
             node_name TEXT NOT NULL UNIQUE,
             manufacturer TEXT NOT NULL,
             bound_at BIGINT NOT NULL
+        );",
+    ),
+    (
+        7,
+        "CREATE TABLE sa_keys (
+            kid TEXT PRIMARY KEY,
+            key_label TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            created_at BIGINT NOT NULL
         );",
     ),
 ];

@@ -32,6 +32,7 @@ mod jwt_keys;
 mod migrations;
 pub mod pg_server;
 mod revocation;
+mod sa_keys;
 pub mod sql;
 
 pub use revocation::{CrlRecord, RevocationRecord};
@@ -47,6 +48,7 @@ use sql::{args, Engine, Lite, PgPool, Sql};
 
 pub use est::{EkBinding, PendingEnrollment};
 pub use jwt_keys::JwtKeyRecord;
+pub use sa_keys::SaKeyRecord;
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
