@@ -200,3 +200,22 @@ pub fn restore(cfg: &CoreConfig, file: &Path) -> anyhow::Result<backup::BackupHe
     })?;
     Ok(header)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_times_seconds_and_durations() {
+        let now = 1_800_000_000;
+        assert_eq!(parse_since("0", now).unwrap(), 0);
+        assert_eq!(parse_since("1700000000", now).unwrap(), 1_700_000_000);
+        assert_eq!(parse_since("1h", now).unwrap(), now - 3600);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000
+        );
+        let err = parse_since("yesterday-ish", now).unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+}
