@@ -906,6 +906,27 @@ fn backup_from_sqlite_restores_into_postgres() {
 }
 
 #[test]
+fn postgres_store_over_a_unix_socket_from_a_url() {
+    let server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("sock").unwrap();
+    // The form an operator writes in [store] url: the socket directory as host.
+    let url = format!(
+        "postgres://keygrid@{}:{}/sock",
+        server
+            .socket_dir()
+            .display()
+            .to_string()
+            .replace('/', "%2F"),
+        server.port()
+    );
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let store = Store::open_location(&StoreLocation::Postgres(Box::new(config))).unwrap();
+    assert_eq!(store.engine(), sql::Engine::Postgres);
+    issue_some(&store, 2);
+    assert_eq!(store.verify_audit(None).unwrap().records, 2);
+}
+
+#[test]
 fn postgres_store_reconnects_after_a_server_restart() {
     let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     server.create_database("restart").unwrap();
