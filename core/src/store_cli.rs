@@ -91,6 +91,12 @@ pub fn export(cfg: &CoreConfig, since: i64, out: &mut dyn Write) -> anyhow::Resu
     Ok(n)
 }
 
+/// `keygrid audit prune --before`: see [`Store::prune_audit`].
+pub fn prune(cfg: &CoreConfig, before: i64) -> anyhow::Result<Option<i64>> {
+    let store = crate::server::open_store(cfg)?;
+    Ok(store.prune_audit(before, &format!("admin uid {}", uid()), now())?)
+}
+
 /// `keygrid audit tail`: the last `n` records, then (with `follow`) new ones as they come.
 pub fn tail(cfg: &CoreConfig, n: i64, follow: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = crate::server::open_store(cfg)?;

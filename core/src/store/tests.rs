@@ -694,6 +694,55 @@ fn exported_records_verify_on_their_own() {
     assert_eq!(audit::verify_exported(&gap).unwrap().seq, 2);
 }
 
+fn event_at(store: &Store, at: i64) {
+    store
+        .record_event(&EventRecord {
+            at,
+            kind: "test".into(),
+            actor: "a".into(),
+            subject: "s".into(),
+            rule: String::new(),
+            detail: String::new(),
+        })
+        .unwrap();
+}
+
+fn audit_prune_keeps_a_verifiable_chain(store: Store) {
+    let sign = |m: &[u8]| Ok::<_, String>(m.to_vec());
+    for at in [100, 101, 102] {
+        event_at(&store, at);
+    }
+    // Without a checkpoint in the range nothing can be pruned.
+    assert_eq!(store.prune_audit(200, "admin", NOW).unwrap(), None);
+    store.audit_checkpoint("k", "none", NOW, &sign).unwrap();
+    for at in [103, 104] {
+        event_at(&store, at);
+    }
+    store.audit_checkpoint("k", "none", NOW, &sign).unwrap();
+    for at in [300, 301] {
+        event_at(&store, at);
+    }
+    assert_eq!(store.prune_audit(200, "admin uid 0", NOW).unwrap(), Some(5));
+    let left = store.audit_records(0, 100).unwrap();
+    let seqs: Vec<i64> = left.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [6, 7, 8]);
+    assert_eq!(left[2].event.kind, "audit.pruned");
+    let v = store.verify_audit(None).unwrap();
+    assert_eq!((v.records, v.first_break.clone()), (3, None), "{v:?}");
+    assert_eq!(
+        store.prune_audit(200, "admin", NOW).unwrap(),
+        None,
+        "already pruned"
+    );
+    // Deleting the first remaining record is not a prune.
+    store
+        .write(|tx| tx.execute("DELETE FROM audit_log WHERE seq = 6", &[]))
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 1, "{b}");
+    assert!(b.reason.contains("no recorded prune"), "{b}");
+}
+
 fn issue_some_more(store: &Store) {
     store
         .record_issuance(&cert("nodes", "ff01", "spiffe://example.org/n"), "x")
@@ -1000,4 +1049,5 @@ store_suite!(
     short_lived_certificates_are_pruned_but_stay_audited,
     backup_restores_everything_into_a_fresh_store,
     audit_verifies_while_core_keeps_appending,
+    audit_prune_keeps_a_verifiable_chain,
 );
