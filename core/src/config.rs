@@ -74,6 +74,9 @@ pub struct StoreConfig {
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the PostgreSQL password, if set.
     pub password_env: String,
+    /// CA certificate(s), PEM, that the PostgreSQL server's certificate must chain to;
+    /// when set, connections use TLS (`sslmode=require` unless the URL says otherwise).
+    pub tls_ca_file: Option<PathBuf>,
     /// How long certificate rows of short-lived X.509-SVIDs are kept after they expire;
     /// their audit records are kept for good. Long-lived certificates are always kept.
     #[serde(with = "humantime_serde")]
@@ -88,6 +91,7 @@ impl Default for StoreConfig {
             url: None,
             password_file: None,
             password_env: "KEYGRID_STORE_PASSWORD".into(),
+            tls_ca_file: None,
             svid_retention: Duration::from_secs(24 * 3600),
         }
     }
@@ -457,9 +461,18 @@ impl CoreConfig {
                 cfg.data_dir = base.join(&cfg.data_dir);
             }
         }
-        if let (Some(p), Some(base)) = (&cfg.store.path, path.parent()) {
-            if p.is_relative() {
-                cfg.store.path = Some(base.join(p));
+        if let Some(base) = path.parent() {
+            for p in [
+                &mut cfg.store.path,
+                &mut cfg.store.password_file,
+                &mut cfg.store.tls_ca_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         match cfg.store.engine {
@@ -551,7 +564,20 @@ impl CoreConfig {
                     pg.password(pw);
                 }
                 pg.application_name("keygrid");
-                Ok(crate::store::StoreLocation::Postgres(Box::new(pg)))
+                match &self.store.tls_ca_file {
+                    None => Ok(crate::store::StoreLocation::Postgres(Box::new(pg))),
+                    Some(file) => {
+                        let pem = std::fs::read(file).map_err(|e| {
+                            format!("cannot read store.tls_ca_file {}: {e}", file.display())
+                        })?;
+                        let tls = crate::store::pg_tls::MakeRustls::from_ca_pem(&pem)
+                            .map_err(|e| format!("store.tls_ca_file {}: {e}", file.display()))?;
+                        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+                            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                        }
+                        Ok(crate::store::StoreLocation::PostgresTls(Box::new(pg), tls))
+                    }
+                }
             }
         }
     }

@@ -976,6 +976,40 @@ fn postgres_store_over_a_unix_socket_from_a_url() {
 }
 
 #[test]
+fn postgres_store_over_tls_checks_the_server_certificate() {
+    let (server, ca) = super::pg_server::PgServer::start_tls().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("tls").unwrap();
+    let mut config = server.config("tls");
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = super::pg_tls::MakeRustls::from_ca_pem(ca.as_bytes()).unwrap();
+    let store = Store::open_postgres_with(config.clone(), Some(tls)).unwrap();
+    issue_some(&store, 2);
+    let encrypted: bool = store
+        .read(|c| {
+            c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .get(0)
+        })
+        .unwrap();
+    assert!(encrypted, "the connection is not encrypted");
+    // A server whose certificate does not chain to the configured CA is refused.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = p.self_signed(&other_key).unwrap().pem();
+    let wrong = super::pg_tls::MakeRustls::from_ca_pem(other_ca.as_bytes()).unwrap();
+    let err = Store::open_postgres_with(config, Some(wrong))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
+
+#[test]
 fn postgres_store_reconnects_after_a_server_restart() {
     let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     server.create_database("restart").unwrap();
