@@ -724,6 +724,36 @@ mod tests {
     }
 
     #[test]
+    fn store_tls_ca_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("pg-ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let text = |ca: &str| {
+            format!(
+                "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[store]\nengine = \"postgres\"\n\
+                 url = \"postgres://kg@db.example.org/kg\"\ntls_ca_file = \"{ca}\"\n"
+            )
+        };
+        let path = dir.path().join("core.toml");
+        let cfg = CoreConfig::parse(&text("pg-ca.pem"), &path).unwrap();
+        assert_eq!(cfg.store.tls_ca_file, Some(dir.path().join("pg-ca.pem")));
+        match cfg.store_location().unwrap() {
+            crate::store::StoreLocation::PostgresTls(pg, _) => {
+                assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
+            }
+            other => panic!("expected TLS, got {other:?}"),
+        }
+        let cfg = CoreConfig::parse(&text("empty.pem"), &path).unwrap();
+        let err = cfg.store_location().unwrap_err();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
+    }
+
+    #[test]
     fn relative_data_dir_is_taken_from_the_config_directory() {
         let cfg = CoreConfig::parse(
             "trust_domain = \"example.org\"\ndata_dir = \"data\"\n",
