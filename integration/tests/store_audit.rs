@@ -329,6 +329,14 @@ async fn two_cores_on_one_postgres_issue_into_one_unbroken_chain() {
         (1..=seqs.len() as i64).collect::<Vec<_>>(),
         "gaps or forks"
     );
+    let logins = records
+        .iter()
+        .filter(|r| r["kind"] == "admin.login")
+        .count();
+    assert!(
+        logins >= 2 * TASKS,
+        "each admin connection is recorded ({logins})"
+    );
     let audited: BTreeSet<&str> = records
         .iter()
         .filter(|r| r["kind"] == "certificate.issued")
