@@ -124,6 +124,9 @@ pub struct StoreConfig {
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the PostgreSQL password, if set.
     pub password_env: String,
+    /// CA certificate(s), PEM, that the PostgreSQL server's certificate must chain to;
+    /// when set, connections use TLS (`sslmode=require` unless the URL says otherwise).
+    pub tls_ca_file: Option<PathBuf>,
     /// How long certificate rows of short-lived X.509-SVIDs are kept after they expire;
     /// their audit records are kept for good. Long-lived certificates are always kept.
     #[serde(with = "humantime_serde")]
@@ -138,6 +141,7 @@ impl Default for StoreConfig {
             url: None,
             password_file: None,
             password_env: "KEYGRID_STORE_PASSWORD".into(),
+            tls_ca_file: None,
             svid_retention: Duration::from_secs(24 * 3600),
         }
     }
@@ -640,16 +644,20 @@ impl CoreConfig {
                     f.bundle_file = base.join(&f.bundle_file);
                 }
             }
-            let sk = &mut cfg.software_keys;
-            for p in [&mut sk.dir, &mut sk.kek_file].into_iter().flatten() {
+            let (sk, st) = (&mut cfg.software_keys, &mut cfg.store);
+            for p in [
+                &mut sk.dir,
+                &mut sk.kek_file,
+                &mut st.path,
+                &mut st.password_file,
+                &mut st.tls_ca_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
-            }
-        }
-        if let (Some(p), Some(base)) = (&cfg.store.path, path.parent()) {
-            if p.is_relative() {
-                cfg.store.path = Some(base.join(p));
             }
         }
         match cfg.store.engine {
@@ -778,7 +786,20 @@ impl CoreConfig {
                     pg.password(pw);
                 }
                 pg.application_name("keygrid");
-                Ok(crate::store::StoreLocation::Postgres(Box::new(pg)))
+                match &self.store.tls_ca_file {
+                    None => Ok(crate::store::StoreLocation::Postgres(Box::new(pg))),
+                    Some(file) => {
+                        let pem = std::fs::read(file).map_err(|e| {
+                            format!("cannot read store.tls_ca_file {}: {e}", file.display())
+                        })?;
+                        let tls = crate::store::pg_tls::MakeRustls::from_ca_pem(&pem)
+                            .map_err(|e| format!("store.tls_ca_file {}: {e}", file.display()))?;
+                        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+                            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                        }
+                        Ok(crate::store::StoreLocation::PostgresTls(Box::new(pg), tls))
+                    }
+                }
             }
         }
     }
@@ -954,6 +975,36 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let no_url = format!("{base}[store]\nengine = \"postgres\"\n");
         assert!(CoreConfig::parse(&no_url, Path::new("/c.toml")).is_err());
+    }
+
+    #[test]
+    fn store_tls_ca_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("pg-ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let text = |ca: &str| {
+            format!(
+                "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[store]\nengine = \"postgres\"\n\
+                 url = \"postgres://kg@db.example.org/kg\"\ntls_ca_file = \"{ca}\"\n"
+            )
+        };
+        let path = dir.path().join("core.toml");
+        let cfg = CoreConfig::parse(&text("pg-ca.pem"), &path).unwrap();
+        assert_eq!(cfg.store.tls_ca_file, Some(dir.path().join("pg-ca.pem")));
+        match cfg.store_location().unwrap() {
+            crate::store::StoreLocation::PostgresTls(pg, _) => {
+                assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require)
+            }
+            other => panic!("expected TLS, got {other:?}"),
+        }
+        let cfg = CoreConfig::parse(&text("empty.pem"), &path).unwrap();
+        let err = cfg.store_location().unwrap_err();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
     }
 
     #[test]

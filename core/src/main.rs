@@ -322,6 +322,13 @@ enum AuditCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Remove records older than --before up to the newest signed checkpoint among them
+    /// (export them first); the chain stays verifiable from that checkpoint.
+    Prune {
+        /// RFC 3339 time, Unix seconds, or a duration back from now (`2160h`).
+        #[arg(long)]
+        before: String,
+    },
     /// Print the last records as JSON lines.
     Tail {
         /// How many.
@@ -1294,6 +1301,19 @@ fn store_command(cmd: Command) -> anyhow::Result<()> {
                         None => store_cli::export(&cfg, since, &mut std::io::stdout().lock())?,
                     };
                     eprintln!("exported {n} audit records");
+                    Ok(())
+                }
+                AuditCommand::Prune { before } => {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let before = store_cli::parse_since(&before, now)?;
+                    match store_cli::prune(&cfg, before)? {
+                        Some(seq) => println!(
+                            "audit records up to {seq} removed; the chain now starts at the signed checkpoint {seq}"
+                        ),
+                        None => println!(
+                            "nothing pruned: no signed checkpoint among the records older than that"
+                        ),
+                    }
                     Ok(())
                 }
                 AuditCommand::Tail { lines, follow } => {

@@ -51,6 +51,35 @@ pub fn private_dir(path: &Path) -> anyhow::Result<()> {
 
 /// Re-evaluates the trust bundle every 30 s (a rotated root becomes due, an old one retires)
 /// and rewrites the published PEM file when it changes.
+/// Records every connection to the admin socket (an admin "login": one per CLI command)
+/// with the peer's uid in the audit log. Whether that uid may act is decided per call.
+fn audited_admin_connections(
+    incoming: UnixListenerStream,
+    store: Arc<Store>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(move |conn| {
+        if let Ok(stream) = &conn {
+            let uid = stream
+                .peer_cred()
+                .map(|c| c.uid().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+            let event = crate::store::EventRecord {
+                at: time::OffsetDateTime::now_utc().unix_timestamp(),
+                kind: "admin.login".into(),
+                actor: format!("admin uid {uid}"),
+                subject: "admin socket".into(),
+                rule: String::new(),
+                detail: String::new(),
+            };
+            if let Err(e) = store.record_event(&event) {
+                tracing::error!(error = %e, "cannot record the admin connection");
+            }
+        }
+        conn
+    })
+}
+
 /// Opens the store the configuration names (SQLite file or PostgreSQL server).
 pub fn open_store(cfg: &CoreConfig) -> anyhow::Result<Store> {
     let location = cfg.store_location().map_err(anyhow::Error::msg)?;
@@ -400,7 +429,7 @@ pub async fn run(
             ),
         ))
         .serve_with_incoming_shutdown(
-            UnixListenerStream::new(admin_listener),
+            audited_admin_connections(UnixListenerStream::new(admin_listener), store.clone()),
             stopped(stop_rx.clone()),
         );
     let oidc = match (&sa_ring, &cfg.control_plane.issuer, cfg.http.public_base()) {

@@ -91,6 +91,12 @@ pub fn export(cfg: &CoreConfig, since: i64, out: &mut dyn Write) -> anyhow::Resu
     Ok(n)
 }
 
+/// `keygrid audit prune --before`: see [`Store::prune_audit`].
+pub fn prune(cfg: &CoreConfig, before: i64) -> anyhow::Result<Option<i64>> {
+    let store = crate::server::open_store(cfg)?;
+    Ok(store.prune_audit(before, &format!("admin uid {}", uid()), now())?)
+}
+
 /// `keygrid audit tail`: the last `n` records, then (with `follow`) new ones as they come.
 pub fn tail(cfg: &CoreConfig, n: i64, follow: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = crate::server::open_store(cfg)?;
@@ -199,4 +205,23 @@ pub fn restore(cfg: &CoreConfig, file: &Path) -> anyhow::Result<backup::BackupHe
         ),
     })?;
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_times_seconds_and_durations() {
+        let now = 1_800_000_000;
+        assert_eq!(parse_since("0", now).unwrap(), 0);
+        assert_eq!(parse_since("1700000000", now).unwrap(), 1_700_000_000);
+        assert_eq!(parse_since("1h", now).unwrap(), now - 3600);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000
+        );
+        let err = parse_since("yesterday-ish", now).unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
 }

@@ -329,6 +329,14 @@ async fn two_cores_on_one_postgres_issue_into_one_unbroken_chain() {
         (1..=seqs.len() as i64).collect::<Vec<_>>(),
         "gaps or forks"
     );
+    let logins = records
+        .iter()
+        .filter(|r| r["kind"] == "admin.login")
+        .count();
+    assert!(
+        logins >= 2 * TASKS,
+        "each admin connection is recorded ({logins})"
+    );
     let audited: BTreeSet<&str> = records
         .iter()
         .filter(|r| r["kind"] == "certificate.issued")
@@ -451,6 +459,23 @@ async fn kill_9_during_issuance_loses_no_audit_record() {
     let more = issue(&core.admin, 1, 5, "after").await;
     assert_eq!(more.len(), 5);
     verify_ok(&core);
+
+    // Retention: everything up to the last checkpoint is pruned; the rest still verifies
+    // from that signed anchor.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = (time::OffsetDateTime::now_utc().unix_timestamp() + 60).to_string();
+    let out = core.cli(&["audit", "prune", "--before", &later]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("removed"), "{said}");
+    let text = verify_ok(&core);
+    // The anchor (and any checkpoint core signed since) verified.
+    assert!(!text.contains(" 0 signed checkpoints"), "{text}");
+    assert!(exported(&core).len() < records.len());
 }
 
 fn split_ders(mut data: &[u8]) -> Vec<Vec<u8>> {
@@ -696,4 +721,63 @@ async fn restore_refuses_a_damaged_archive_and_an_hsm_without_the_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
     verify_ok(&same);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_one_postgres_replica_mid_issuance_keeps_one_chain() {
+    let pg = PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    pg.create_database("keygrid").expect("create database");
+    let hsm = Hsm::new();
+    let root = tempfile::tempdir().expect("temp dir");
+    let store = format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{}\"\n",
+        pg.url("keygrid")
+    );
+    let a = Core::start(&hsm, &root.path().join("a"), &store);
+    let mut b = Core::start(&hsm, &root.path().join("b"), &store);
+    let (sa, sb) = (a.admin.clone(), b.admin.clone());
+    let from_a = tokio::spawn(async move { issue(&sa, 2, 400, "a").await });
+    let from_b = tokio::spawn(async move { issue(&sb, 2, 100_000, "b").await });
+    // b dies (perhaps holding the chain head's lock) while a keeps issuing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.kill9();
+    let from_b = tokio::time::timeout(Duration::from_secs(30), from_b)
+        .await
+        .expect("b's clients stop")
+        .expect("client task");
+    let from_a = tokio::time::timeout(Duration::from_secs(120), from_a)
+        .await
+        .expect("a finishes")
+        .expect("client task");
+    assert_eq!(from_a.len(), 800, "core a kept issuing:\n{}", a.log());
+    assert!(!from_b.is_empty(), "b issued before it died:\n{}", b.log());
+    eprintln!(
+        "a issued {}, b {} before kill -9",
+        from_a.len(),
+        from_b.len()
+    );
+    b.restart();
+    assert_eq!(issue(&b.admin, 1, 5, "b2").await.len(), 5);
+    let records = exported(&a);
+    let seqs: Vec<i64> = records
+        .iter()
+        .map(|r| r["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gaps or forks"
+    );
+    let audited: HashSet<&str> = records
+        .iter()
+        .filter_map(|r| r["serial"].as_str())
+        .collect();
+    for s in from_a.iter().chain(&from_b) {
+        assert!(
+            audited.contains(s.as_str()),
+            "certificate {s} has no audit record"
+        );
+    }
+    eprintln!("{}", verify_ok(&a));
+    verify_ok(&b);
 }

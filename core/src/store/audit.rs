@@ -384,6 +384,51 @@ impl Store {
         Ok(Some(cp))
     }
 
+    /// Removes the audit records older than `before` (Unix seconds) up to the newest signed
+    /// checkpoint among them, which stays as the anchor the rest of the chain is verified
+    /// from; records an `audit.pruned` record naming it. Export first: pruned records are
+    /// gone from the store. Returns the last removed sequence number, or `None` when no
+    /// checkpoint lies in the range (nothing is removed then).
+    pub fn prune_audit(
+        &self,
+        before: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.write(|tx| {
+            let row = tx.query_one(
+                "SELECT MAX(c.seq) FROM audit_checkpoints c WHERE c.seq <= \
+                 (SELECT MAX(seq) FROM audit_log WHERE at < ?1)",
+                args![before],
+            )?;
+            let Some(anchor) = row.get::<Option<i64>>(0)? else {
+                return Ok(None);
+            };
+            let first: Option<i64> = tx
+                .query_one("SELECT MIN(seq) FROM audit_log", &[])?
+                .get(0)?;
+            if first.is_some_and(|f| f > anchor) {
+                return Ok(None);
+            }
+            let removed = tx.execute("DELETE FROM audit_log WHERE seq <= ?1", args![anchor])?;
+            tx.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", args![anchor])?;
+            append(
+                tx,
+                &AuditEvent {
+                    at: now,
+                    kind: "audit.pruned".into(),
+                    actor: actor.to_string(),
+                    subject: anchor.to_string(),
+                    detail: format!(
+                        "{removed} records up to {anchor} removed (older than {before}); the chain continues from the signed checkpoint at {anchor}"
+                    ),
+                    ..Default::default()
+                },
+            )?;
+            Ok(Some(anchor))
+        })
+    }
+
     /// All checkpoints, oldest first.
     pub fn audit_checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
         let rows = self.read(|c| {
@@ -412,6 +457,50 @@ impl Store {
         let mut checked_cps = 0;
         let brk = |seq: i64, reason: String| Some(Break { seq, reason });
         let mut first_break = None;
+        // After `prune_audit` the chain starts later, anchored by a signed checkpoint of the
+        // last removed record and recorded by an `audit.pruned` record.
+        if let Some(first) = self.audit_records(0, 1)?.into_iter().next() {
+            if first.seq > 1 && first.seq <= head_seq {
+                let anchor = first.seq - 1;
+                let pruned = self.read(|c| {
+                    c.query_opt(
+                        "SELECT 1 FROM audit_log WHERE kind = 'audit.pruned' AND subject = ?1",
+                        args![anchor.to_string()],
+                    )
+                })?;
+                match checkpoints.iter().find(|c| c.seq == anchor) {
+                    Some(cp) if cp.hash == first.prev_hash && pruned.is_some() => {
+                        if let Err(reason) = check_signature(verifier, cp) {
+                            return Ok(Verification {
+                                records: 0,
+                                checkpoints: 0,
+                                first_break: brk(anchor, reason),
+                            });
+                        }
+                        checked_cps += 1;
+                        while cps.peek().is_some_and(|c| c.seq <= anchor) {
+                            cps.next();
+                        }
+                        expected_seq = first.seq;
+                        prev = first.prev_hash.clone();
+                    }
+                    _ => {
+                        return Ok(Verification {
+                            records: 0,
+                            checkpoints: 0,
+                            first_break: brk(
+                                1,
+                                format!(
+                                    "missing: the log starts at {} and no recorded prune with a signed checkpoint anchors it",
+                                    first.seq
+                                ),
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+        let first_seq = expected_seq;
         'walk: while expected_seq <= head_seq {
             let page =
                 self.audit_records(expected_seq - 1, PAGE.min(head_seq - expected_seq + 1))?;
@@ -462,21 +551,22 @@ impl Store {
                 expected_seq += 1;
             }
         }
-        let records = expected_seq - 1;
+        let records = expected_seq - first_seq;
+        let last = expected_seq - 1;
         if first_break.is_none() {
             if let Some(cp) = cps.next() {
                 first_break = brk(
-                    records + 1,
+                    last + 1,
                     format!(
-                        "missing: the log ends at {records} but a signed checkpoint covers up to {} (truncated)",
+                        "missing: the log ends at {last} but a signed checkpoint covers up to {} (truncated)",
                         cp.seq
                     ),
                 );
-            } else if records < head_seq {
+            } else if last < head_seq {
                 first_break = brk(
-                    records + 1,
+                    last + 1,
                     format!(
-                        "missing: the log ends at {records} but the chain head is at {head_seq} (truncated)"
+                        "missing: the log ends at {last} but the chain head is at {head_seq} (truncated)"
                     ),
                 );
             } else if head_hash != prev {

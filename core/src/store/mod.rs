@@ -31,6 +31,7 @@ mod est;
 mod jwt_keys;
 mod migrations;
 pub mod pg_server;
+pub mod pg_tls;
 mod revocation;
 mod sa_keys;
 pub mod sql;
@@ -182,6 +183,8 @@ pub enum StoreLocation {
     Sqlite(std::path::PathBuf),
     /// A PostgreSQL server (connection settings, password included; never logged).
     Postgres(Box<tokio_postgres::Config>),
+    /// A PostgreSQL server reached over TLS, its certificate checked against a CA.
+    PostgresTls(Box<tokio_postgres::Config>, pg_tls::MakeRustls),
 }
 
 enum Backend {
@@ -211,13 +214,24 @@ impl Store {
         match location {
             StoreLocation::Sqlite(path) => Self::open(path),
             StoreLocation::Postgres(config) => Self::open_postgres((**config).clone()),
+            StoreLocation::PostgresTls(config, tls) => {
+                Self::open_postgres_with((**config).clone(), Some(tls.clone()))
+            }
         }
     }
 
     /// Connects to PostgreSQL and applies pending migrations (serialised across replicas
     /// starting at once by an advisory lock).
     pub fn open_postgres(config: tokio_postgres::Config) -> Result<Self, StoreError> {
-        let pool = PgPool::connect(config, PG_POOL_SIZE)?;
+        Self::open_postgres_with(config, None)
+    }
+
+    /// [`Store::open_postgres`], over TLS when `tls` is given.
+    pub fn open_postgres_with(
+        config: tokio_postgres::Config,
+        tls: Option<pg_tls::MakeRustls>,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPool::connect_with(config, tls, PG_POOL_SIZE)?;
         // One transaction under the migration lock: replicas starting together neither
         // migrate nor chain old events twice.
         pool.transaction(|tx| {

@@ -16,6 +16,7 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
+    tls: bool,
 }
 
 /// Where the PostgreSQL server binaries are, newest version first.
@@ -66,11 +67,43 @@ fn as_server_user(bin: &Path) -> Command {
 impl PgServer {
     /// Initialises and starts a server; waits until it accepts connections.
     pub fn start() -> Result<Self, String> {
+        Self::start_inner(None)
+    }
+
+    /// Starts a server that also accepts TLS, with a certificate for `localhost` and
+    /// 127.0.0.1 from a fresh test CA; returns the server and that CA (PEM).
+    pub fn start_tls() -> Result<(Self, String), String> {
+        let err = |e: rcgen::Error| format!("test certificates: {e}");
+        let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "keygrid test PostgreSQL CA");
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+        let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().map_err(err)?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(err)?;
+        let cert = params.signed_by(&key, &ca).map_err(err)?;
+        let server = Self::start_inner(Some((cert.pem(), key.serialize_pem())))?;
+        Ok((server, ca_cert.pem()))
+    }
+
+    fn start_inner(tls: Option<(String, String)>) -> Result<Self, String> {
         let bin = find_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("keygrid-pg")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
+        if let Some((cert, key)) = &tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(dir.path().join("server.crt"), cert).map_err(|e| format!("{e}"))?;
+            let key_path = dir.path().join("server.key");
+            std::fs::write(&key_path, key).map_err(|e| format!("{e}"))?;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{e}"))?;
+        }
         let data = dir.path().join("data");
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
@@ -97,8 +130,13 @@ impl PgServer {
             ));
         }
         let port = free_port()?;
-        let child = spawn_server(&bin, dir.path(), port)?;
-        let server = PgServer { dir, port, child };
+        let child = spawn_server(&bin, dir.path(), port, tls.is_some())?;
+        let server = PgServer {
+            dir,
+            port,
+            child,
+            tls: tls.is_some(),
+        };
         server.wait_ready()?;
         Ok(server)
     }
@@ -125,7 +163,7 @@ impl PgServer {
     /// the same port and data: what a failover or maintenance restart looks like to core.
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
-        self.child = spawn_server(&find_bin_dir()?, self.dir.path(), self.port)?;
+        self.child = spawn_server(&find_bin_dir()?, self.dir.path(), self.port, self.tls)?;
         self.wait_ready()
     }
 
@@ -150,6 +188,11 @@ impl PgServer {
         crate::store::sql::PgPool::connect(self.config(db), 1)
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    /// The directory holding the server's Unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The TCP port the server listens on (127.0.0.1).
@@ -232,7 +275,7 @@ impl Drop for PgServer {
     }
 }
 
-fn spawn_server(bin: &Path, dir: &Path, port: u16) -> Result<Child, String> {
+fn spawn_server(bin: &Path, dir: &Path, port: u16, tls: bool) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -245,6 +288,18 @@ fn spawn_server(bin: &Path, dir: &Path, port: u16) -> Result<Child, String> {
         .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
         .arg(dir)
         .args(["-c", "fsync=on", "-c", "max_connections=200"])
+        .args(if tls {
+            vec![
+                "-c".to_string(),
+                "ssl=on".to_string(),
+                "-c".to_string(),
+                format!("ssl_cert_file={}", dir.join("server.crt").display()),
+                "-c".to_string(),
+                format!("ssl_key_file={}", dir.join("server.key").display()),
+            ]
+        } else {
+            Vec::new()
+        })
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)

@@ -83,7 +83,11 @@ impl From<tokio_postgres::Error> for StoreError {
         // The server's own message is more useful than the driver's "db error".
         let message = match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
+            // "error performing TLS handshake" alone does not say why; the source does.
+            None => match std::error::Error::source(&e) {
+                Some(src) => format!("{e}: {src}"),
+                None => e.to_string(),
+            },
         };
         StoreError::Db(DbError {
             message,
@@ -361,13 +365,28 @@ impl<'a> FromSql<'a> for PgValue {
 /// Opens one connection and spawns its I/O task on the current (the pool's) runtime.
 async fn open_connection(
     config: tokio_postgres::Config,
+    tls: Option<super::pg_tls::MakeRustls>,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
+    let client = match tls {
+        Some(tls) => {
+            let (client, conn) = config.connect(tls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                }
+            });
+            client
         }
-    });
+        None => {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                }
+            });
+            client
+        }
+    };
     Ok(client)
 }
 
@@ -453,14 +472,26 @@ pub struct PgPool {
     slots: Vec<Mutex<PgSlot>>,
     next: AtomicUsize,
     config: tokio_postgres::Config,
+    tls: Option<super::pg_tls::MakeRustls>,
     runtime: tokio::runtime::Handle,
     // Dropping the sender stops the runtime thread (and closes the connections).
     _stop: std::sync::mpsc::SyncSender<()>,
 }
 
 impl PgPool {
-    /// Connects `size` connections with `config` on a new runtime thread.
+    /// Connects `size` connections with `config` on a new runtime thread, without TLS.
     pub fn connect(config: tokio_postgres::Config, size: usize) -> Result<Arc<Self>, StoreError> {
+        Self::connect_with(config, None, size)
+    }
+
+    /// Connects `size` connections with `config` on a new runtime thread, over TLS when
+    /// `tls` is given.
+    pub fn connect_with(
+        config: tokio_postgres::Config,
+        tls: Option<super::pg_tls::MakeRustls>,
+        size: usize,
+    ) -> Result<Arc<Self>, StoreError> {
+        let pool_tls = tls.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::sync_channel::<()>(0);
         let pool_config = config.clone();
@@ -483,7 +514,7 @@ impl PgPool {
                 let clients = rt.block_on(async {
                     let mut clients = Vec::with_capacity(size);
                     for _ in 0..size.max(1) {
-                        clients.push(open_connection(config.clone()).await?);
+                        clients.push(open_connection(config.clone(), tls.clone()).await?);
                     }
                     Ok::<_, tokio_postgres::Error>(clients)
                 });
@@ -515,6 +546,7 @@ impl PgPool {
         })??;
         Ok(Arc::new(PgPool {
             config: pool_config,
+            tls: pool_tls,
             runtime,
             slots: clients
                 .into_iter()
@@ -549,7 +581,9 @@ impl PgPool {
                 .map_err(|_| StoreError::Poisoned)?,
         };
         if g.client.is_closed() {
-            let task = self.runtime.spawn(open_connection(self.config.clone()));
+            let task = self
+                .runtime
+                .spawn(open_connection(self.config.clone(), self.tls.clone()));
             let client = futures::executor::block_on(task).map_err(|e| {
                 StoreError::Db(DbError {
                     message: format!("PostgreSQL reconnect task: {e}"),

@@ -694,6 +694,55 @@ fn exported_records_verify_on_their_own() {
     assert_eq!(audit::verify_exported(&gap).unwrap().seq, 2);
 }
 
+fn event_at(store: &Store, at: i64) {
+    store
+        .record_event(&EventRecord {
+            at,
+            kind: "test".into(),
+            actor: "a".into(),
+            subject: "s".into(),
+            rule: String::new(),
+            detail: String::new(),
+        })
+        .unwrap();
+}
+
+fn audit_prune_keeps_a_verifiable_chain(store: Store) {
+    let sign = |m: &[u8]| Ok::<_, String>(m.to_vec());
+    for at in [100, 101, 102] {
+        event_at(&store, at);
+    }
+    // Without a checkpoint in the range nothing can be pruned.
+    assert_eq!(store.prune_audit(200, "admin", NOW).unwrap(), None);
+    store.audit_checkpoint("k", "none", NOW, &sign).unwrap();
+    for at in [103, 104] {
+        event_at(&store, at);
+    }
+    store.audit_checkpoint("k", "none", NOW, &sign).unwrap();
+    for at in [300, 301] {
+        event_at(&store, at);
+    }
+    assert_eq!(store.prune_audit(200, "admin uid 0", NOW).unwrap(), Some(5));
+    let left = store.audit_records(0, 100).unwrap();
+    let seqs: Vec<i64> = left.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [6, 7, 8]);
+    assert_eq!(left[2].event.kind, "audit.pruned");
+    let v = store.verify_audit(None).unwrap();
+    assert_eq!((v.records, v.first_break.clone()), (3, None), "{v:?}");
+    assert_eq!(
+        store.prune_audit(200, "admin", NOW).unwrap(),
+        None,
+        "already pruned"
+    );
+    // Deleting the first remaining record is not a prune.
+    store
+        .write(|tx| tx.execute("DELETE FROM audit_log WHERE seq = 6", &[]))
+        .unwrap();
+    let b = break_at(&store);
+    assert_eq!(b.seq, 1, "{b}");
+    assert!(b.reason.contains("no recorded prune"), "{b}");
+}
+
 fn issue_some_more(store: &Store) {
     store
         .record_issuance(&cert("nodes", "ff01", "spiffe://example.org/n"), "x")
@@ -906,6 +955,61 @@ fn backup_from_sqlite_restores_into_postgres() {
 }
 
 #[test]
+fn postgres_store_over_a_unix_socket_from_a_url() {
+    let server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("sock").unwrap();
+    // The form an operator writes in [store] url: the socket directory as host.
+    let url = format!(
+        "postgres://keygrid@{}:{}/sock",
+        server
+            .socket_dir()
+            .display()
+            .to_string()
+            .replace('/', "%2F"),
+        server.port()
+    );
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let store = Store::open_location(&StoreLocation::Postgres(Box::new(config))).unwrap();
+    assert_eq!(store.engine(), sql::Engine::Postgres);
+    issue_some(&store, 2);
+    assert_eq!(store.verify_audit(None).unwrap().records, 2);
+}
+
+#[test]
+fn postgres_store_over_tls_checks_the_server_certificate() {
+    let (server, ca) = super::pg_server::PgServer::start_tls().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("tls").unwrap();
+    let mut config = server.config("tls");
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = super::pg_tls::MakeRustls::from_ca_pem(ca.as_bytes()).unwrap();
+    let store = Store::open_postgres_with(config.clone(), Some(tls)).unwrap();
+    issue_some(&store, 2);
+    let encrypted: bool = store
+        .read(|c| {
+            c.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .get(0)
+        })
+        .unwrap();
+    assert!(encrypted, "the connection is not encrypted");
+    // A server whose certificate does not chain to the configured CA is refused.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = p.self_signed(&other_key).unwrap().pem();
+    let wrong = super::pg_tls::MakeRustls::from_ca_pem(other_ca.as_bytes()).unwrap();
+    let err = Store::open_postgres_with(config, Some(wrong))
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}
+
+#[test]
 fn postgres_store_reconnects_after_a_server_restart() {
     let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     server.create_database("restart").unwrap();
@@ -979,4 +1083,5 @@ store_suite!(
     short_lived_certificates_are_pruned_but_stay_audited,
     backup_restores_everything_into_a_fresh_store,
     audit_verifies_while_core_keeps_appending,
+    audit_prune_keeps_a_verifiable_chain,
 );
