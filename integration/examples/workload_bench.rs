@@ -94,6 +94,16 @@ async fn measure(socket: &Path, pid: u32, streams: usize, conns: usize) -> Figur
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let initial_serial = serial(&first.svids[0].x509_svid);
+    println!(
+        "X509SVIDResponse payload: {} bytes (chain {}, key {}, bundle {})",
+        first.svids[0].x509_svid.len()
+            + first.svids[0].x509_svid_key.len()
+            + first.svids[0].bundle.len()
+            + first.svids[0].spiffe_id.len(),
+        first.svids[0].x509_svid.len(),
+        first.svids[0].x509_svid_key.len(),
+        first.svids[0].bundle.len()
+    );
     let rss_idle_kb = status_kb(pid, "VmRSS:");
 
     // First-response latency of one new stream at a time (cached identity, idle agent).
@@ -150,6 +160,10 @@ async fn measure(socket: &Path, pid: u32, streams: usize, conns: usize) -> Figur
         }
     }
     let rss_peak_kb = status_kb(pid, "VmHWM:");
+    println!(
+        "agent RSS with all streams open after the rotation: {} kB",
+        status_kb(pid, "VmRSS:")
+    );
     first_latencies.sort();
     rotated_at.sort();
     let spread = rotated_at

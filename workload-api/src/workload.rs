@@ -15,8 +15,7 @@ use futures::Stream;
 use keygrid_proto::keygrid::v1 as kg;
 use keygrid_proto::workload as pb;
 use keygrid_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
@@ -210,8 +209,13 @@ fn jwt_bundles_response(
 /// Streams `compose(snapshot)` to the caller now and after every cache change, ending
 /// the stream on the first error. With `dedup`, an unchanged message is not re-sent.
 /// `hold` lives as long as the stream (it keeps a default identity minted).
+///
+/// The stream is computed when the transport polls it, not by a task of its own: no task
+/// and no channel per open stream (a channel's first block alone is ~3 KB, which at 10,000
+/// streams was a quarter of the agent's memory). A slow reader is simply polled later and
+/// gets the newest state, since every message carries the full state anyway.
 fn watch_stream<T, F, H>(
-    mut rx: watch::Receiver<Arc<Snapshot>>,
+    rx: watch::Receiver<Arc<Snapshot>>,
     dedup: bool,
     hold: H,
     compose: F,
@@ -221,36 +225,49 @@ where
     F: Fn(&Snapshot) -> Option<Result<T, Status>> + Send + 'static,
     H: Send + 'static,
 {
-    // One message in flight is enough: every message carries the full state.
-    let (tx, out) = mpsc::channel(1);
-    tokio::spawn(async move {
-        let _hold = hold;
-        let mut last: Option<T> = None;
+    struct State<T, F, H> {
+        rx: watch::Receiver<Arc<Snapshot>>,
+        compose: F,
+        dedup: bool,
+        /// What a deduplicating stream last sent (others keep no copy).
+        last: Option<T>,
+        /// Whether the current snapshot still has to be looked at.
+        fresh: bool,
+        done: bool,
+        _hold: H,
+    }
+    let state = State {
+        rx,
+        compose,
+        dedup,
+        last: None,
+        fresh: true,
+        done: false,
+        _hold: hold,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
         loop {
-            let snap = rx.borrow_and_update().clone();
-            match compose(&snap) {
-                Some(Ok(msg)) if !(dedup && last.as_ref() == Some(&msg)) => {
-                    // Only deduplicating streams keep a copy of what they sent.
-                    let keep = dedup.then(|| msg.clone());
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                    last = keep;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(status)) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-                None => {}
+            if !st.fresh && st.rx.changed().await.is_err() {
+                return None;
             }
-            tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
+            st.fresh = false;
+            let snap = st.rx.borrow_and_update().clone();
+            match (st.compose)(&snap) {
+                Some(Ok(msg)) if !(st.dedup && st.last.as_ref() == Some(&msg)) => {
+                    st.last = st.dedup.then(|| msg.clone());
+                    return Some((Ok(msg), st));
+                }
+                Some(Ok(_)) | None => {}
+                Some(Err(status)) => {
+                    st.done = true;
+                    return Some((Err(status), st));
+                }
             }
         }
-    });
-    Box::pin(ReceiverStream::new(out))
+    }))
 }
 
 impl WorkloadApi {
