@@ -263,6 +263,31 @@ impl DevEnv {
         self.dir.path().join("bundle.pem")
     }
 
+    /// A read-only connection to this core's SQLite store, for tests that check what was
+    /// (and was not) recorded; waits up to 5 s for core's writes.
+    pub fn store_db(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open_with_flags(
+            self.dir.path().join("keygrid.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the dev store read-only");
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("set the store busy timeout");
+        db
+    }
+
+    /// Policy refusals in the audit log under `rule` whose detail contains `detail`.
+    pub fn policy_refusals(&self, rule: &str, detail: &str) -> i64 {
+        self.store_db()
+            .query_row(
+                "SELECT COUNT(*) FROM audit_log WHERE kind = 'policy_refusal' AND rule = ?1 \
+                 AND instr(detail, ?2) > 0",
+                rusqlite::params![rule, detail],
+                |r| r.get(0),
+            )
+            .expect("count policy refusals")
+    }
+
     /// Everything `keygrid dev` logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()

@@ -233,13 +233,7 @@ impl Est {
     }
 
     fn db(&self) -> rusqlite::Connection {
-        let db = rusqlite::Connection::open_with_flags(
-            self.dev.dir.path().join("keygrid.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        db.busy_timeout(Duration::from_secs(5)).unwrap();
-        db
+        self.dev.store_db()
     }
 
     /// Certificates of the profiles EST issues (the dev agent mints SVIDs meanwhile).
@@ -248,17 +242,6 @@ impl Est {
             .query_row(
                 "SELECT COUNT(*) FROM certificates WHERE profile IN ('node', 'kubelet-client', 'kubelet-serving')",
                 [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
-    /// Policy refusal events with `rule` whose detail contains `detail`.
-    fn refusals(&self, rule: &str, detail: &str) -> i64 {
-        self.db()
-            .query_row(
-                "SELECT COUNT(*) FROM audit_log WHERE kind = 'policy_refusal' AND rule = ?1 AND instr(detail, ?2) > 0",
-                rusqlite::params![rule, detail],
                 |r| r.get(0),
             )
             .unwrap()
@@ -282,7 +265,7 @@ impl Est {
             "{what}: something was issued"
         );
         assert_eq!(
-            self.refusals(rule, reason),
+            self.dev.policy_refusals(rule, reason),
             1,
             "{what}: not recorded as {rule}"
         );

@@ -228,13 +228,7 @@ impl Lab {
     }
 
     fn db(&self) -> rusqlite::Connection {
-        let db = rusqlite::Connection::open_with_flags(
-            self.dev.dir.path().join("keygrid.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        db.busy_timeout(Duration::from_secs(5)).unwrap();
-        db
+        self.dev.store_db()
     }
 
     fn node_certs(&self) -> i64 {
@@ -242,16 +236,6 @@ impl Lab {
             .query_row(
                 "SELECT COUNT(*) FROM certificates WHERE profile = 'node'",
                 [],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
-    fn refusals(&self, rule: &str, detail: &str) -> i64 {
-        self.db()
-            .query_row(
-                "SELECT COUNT(*) FROM audit_log WHERE kind = 'policy_refusal' AND rule = ?1 AND instr(detail, ?2) > 0",
-                rusqlite::params![rule, detail],
                 |r| r.get(0),
             )
             .unwrap()
@@ -274,7 +258,7 @@ impl Lab {
             "{what}: a node certificate was issued"
         );
         assert!(
-            self.refusals(rule, reason) >= 1,
+            self.dev.policy_refusals(rule, reason) >= 1,
             "{what}: not recorded under {rule}"
         );
     }

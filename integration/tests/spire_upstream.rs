@@ -145,12 +145,7 @@ fn serial_hex(der: &[u8]) -> String {
 
 /// SPIRE CAs KeyGrid recorded: (serial, subject) from core's store.
 fn spire_intermediates(env: &DevEnv) -> Vec<(String, String)> {
-    let db = rusqlite::Connection::open_with_flags(
-        env.dir.path().join("keygrid.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let db = env.store_db();
     let mut stmt = db
         .prepare(
             "SELECT serial, subject FROM certificates WHERE issuer = 'spire-upstream' \
