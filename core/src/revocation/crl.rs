@@ -188,46 +188,37 @@ impl CrlPublisher {
             }
         }
         for a in self.active_authorities(now) {
-            let due = match self.store.latest_crl(a.name(), false) {
-                Ok(Some(c)) => now >= c.this_update + (c.next_update - c.this_update) / 2,
-                Ok(None) => true,
+            let latest = match self.store.latest_crl(a.name(), false) {
+                Ok(latest) => latest,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the latest CRL");
                     continue;
                 }
             };
+            let due = latest.as_ref().is_none_or(|c| past_half_life(c, now));
             if due {
                 if let Err(e) = self.publish(&a) {
                     tracing::error!(issuer = a.name(), error = %e, "CRL publication failed");
                     continue;
                 }
             }
-            if self.settings.delta_validity.is_some() && (due || self.delta_due(a.name(), now)) {
+            // After a new complete CRL a delta against it is always due; otherwise only
+            // when the newest delta refers to an older base or is past half-life.
+            if self.settings.delta_validity.is_some()
+                && (due || latest.is_some_and(|base| self.delta_due(a.name(), base.number, now)))
+            {
                 if let Err(e) = self.publish_delta(&a) {
                     tracing::error!(issuer = a.name(), error = %e, "delta CRL publication failed");
                 }
             }
         }
     }
-}
 
-impl CrlPublisher {
-    /// A delta is due when there is none for the current complete CRL, or the newest is past
-    /// half of its validity.
-    fn delta_due(&self, issuer: &str, now: i64) -> bool {
-        let base = match self.store.latest_crl(issuer, false) {
-            Ok(Some(b)) => b.number,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the latest CRL");
-                return false;
-            }
-        };
+    /// Whether the newest delta CRL of `issuer` is missing, refers to a base older than
+    /// `base`, or is past half of its validity.
+    fn delta_due(&self, issuer: &str, base: i64, now: i64) -> bool {
         match self.store.latest_crl(issuer, true) {
-            Ok(Some(d)) => {
-                d.base_number != Some(base)
-                    || now >= d.this_update + (d.next_update - d.this_update) / 2
-            }
+            Ok(Some(d)) => d.base_number != Some(base) || past_half_life(&d, now),
             Ok(None) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the latest delta CRL");
@@ -235,6 +226,11 @@ impl CrlPublisher {
             }
         }
     }
+}
+
+/// CRLs are re-published once half of their validity has passed.
+fn past_half_life(c: &CrlRecord, now: i64) -> bool {
+    now >= c.this_update + (c.next_update - c.this_update) / 2
 }
 
 impl RevocationListener for CrlPublisher {
