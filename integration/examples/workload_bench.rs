@@ -14,14 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keygrid_integration::spire::{SpireAgent, SpireServer};
-use keygrid_integration::{uid, wait_until, DevEnv};
+use keygrid_integration::{uid, unix_channel, wait_until, DevEnv};
 use keygrid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use keygrid_proto::workload::X509svidRequest;
-use tonic::transport::Channel;
-
-async fn connect(socket: &Path) -> Channel {
-    keygrid_integration::unix_channel(socket).await
-}
 
 fn request() -> tonic::Request<X509svidRequest> {
     let mut req = tonic::Request::new(X509svidRequest {});
@@ -76,7 +71,7 @@ struct Figures {
 async fn measure(socket: &Path, pid: u32, streams: usize, conns: usize) -> Figures {
     // Warm the cache: one stream gets its first SVID (retried while the agent still has
     // no identity for us, as a freshly started SPIRE agent does until its first sync).
-    let warm = connect(socket).await;
+    let warm = unix_channel(socket).await;
     let started = Instant::now();
     let first = loop {
         let attempt = SpiffeWorkloadApiClient::new(warm.clone())
@@ -107,7 +102,7 @@ async fn measure(socket: &Path, pid: u32, streams: usize, conns: usize) -> Figur
     let rss_idle_kb = status_kb(pid, "VmRSS:");
 
     // First-response latency of one new stream at a time (cached identity, idle agent).
-    let seq_channel = connect(socket).await;
+    let seq_channel = unix_channel(socket).await;
     let mut sequential = Vec::new();
     for _ in 0..500 {
         let mut client = SpiffeWorkloadApiClient::new(seq_channel.clone());
@@ -120,7 +115,7 @@ async fn measure(socket: &Path, pid: u32, streams: usize, conns: usize) -> Figur
 
     let mut channels = Vec::new();
     for _ in 0..conns {
-        channels.push(connect(socket).await);
+        channels.push(unix_channel(socket).await);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..streams {

@@ -210,29 +210,13 @@ async fn spire_ca_is_signed_by_keygrid_and_rotates_through_it() {
     );
 
     // A SPIRE agent joins with a join token and serves an SVID to this process.
-    let out = server.cli(&[
-        "token",
-        "generate",
-        "-spiffeID",
+    let token = server.join_token("spiffe://example.org/agent1");
+    server.create_entry(
         "spiffe://example.org/agent1",
-    ]);
-    assert!(out.status.success(), "token generate: {out:?}");
-    let token = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .trim_start_matches("Token:")
-        .trim()
-        .to_string();
-    let out = server.cli(&[
-        "entry",
-        "create",
-        "-parentID",
-        "spiffe://example.org/agent1",
-        "-spiffeID",
         "spiffe://example.org/workload",
-        "-selector",
         &format!("unix:uid:{}", uid()),
-    ]);
-    assert!(out.status.success(), "entry create: {out:?}");
+        &[],
+    );
     let agent = SpireAgent::start(&server, &token, &bundle);
     let source = match tokio::time::timeout(
         Duration::from_secs(60),
