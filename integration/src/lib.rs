@@ -187,6 +187,39 @@ impl DevEnv {
         Self::start_at_with_args(dir, &listen, svid_ttl, extra)
     }
 
+    /// Starts `keygrid dev` with the ExternalJWTSigner and the HTTP listener on.
+    /// `control_plane` holds further `[control_plane]` lines (issuer, rotation, ...).
+    /// Returns the environment, the signer's socket and the HTTP listener's address, once
+    /// the socket exists.
+    pub fn start_with_sa_signer(control_plane: &str) -> (Self, PathBuf, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("sa-signer.sock");
+        let http = format!("127.0.0.1:{}", free_port());
+        let extra = dir.path().join("extra.toml");
+        std::fs::write(
+            &extra,
+            format!(
+                "[control_plane]\nsigner_socket = {:?}\n{control_plane}\n",
+                socket.display().to_string()
+            ),
+        )
+        .expect("write the extra core configuration");
+        let env = Self::start_with_args(
+            dir,
+            "5m",
+            &[
+                "--core-config-extra".into(),
+                extra.display().to_string(),
+                "--http-listen".into(),
+                http.clone(),
+            ],
+        );
+        wait_until("the signer socket", Duration::from_secs(30), || {
+            socket.exists()
+        });
+        (env, socket, http)
+    }
+
     /// Starts `keygrid dev` in `dir` with core listening on `listen` (to restart core at
     /// the address its clients are configured with).
     pub fn start_at(dir: tempfile::TempDir, listen: &str, svid_ttl: &str) -> Self {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use keygrid_integration::{free_port, require_tool, run, wait_until, DevEnv};
+use keygrid_integration::{require_tool, run, DevEnv};
 use keygrid_proto::externaljwt::{v1, v1alpha1};
 use tonic::transport::Channel;
 
@@ -24,31 +24,9 @@ struct Env {
 
 fn start(rotation: &str) -> Env {
     require_tool("curl", CURL_HINT);
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("sa-signer.sock");
-    let http = format!("127.0.0.1:{}", free_port());
-    let extra = dir.path().join("extra.toml");
-    std::fs::write(
-        &extra,
-        format!(
-            "[control_plane]\nsigner_socket = {:?}\nissuer = \"https://kubernetes.default.svc.cluster.local\"\nsa_key_rotation = \"{rotation}\"\nmax_token_expiration = \"1h\"\nkeys_refresh_hint = \"5s\"\n",
-            socket.display().to_string()
-        ),
-    )
-    .unwrap();
-    let dev = DevEnv::start_with_args(
-        dir,
-        "5m",
-        &[
-            "--core-config-extra".into(),
-            extra.display().to_string(),
-            "--http-listen".into(),
-            http.clone(),
-        ],
-    );
-    wait_until("the signer socket", Duration::from_secs(30), || {
-        socket.exists()
-    });
+    let (dev, socket, http) = DevEnv::start_with_sa_signer(&format!(
+        "issuer = \"https://kubernetes.default.svc.cluster.local\"\nsa_key_rotation = \"{rotation}\"\nmax_token_expiration = \"1h\"\nkeys_refresh_hint = \"5s\""
+    ));
     Env { dev, socket, http }
 }
 

@@ -313,31 +313,9 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     let apiserver = kube_apiserver();
     require_tool("etcd", ETCD_HINT);
     require_tool("curl", CURL_HINT);
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("sa-signer.sock");
-    let http = format!("127.0.0.1:{}", free_port());
-    let extra = dir.path().join("extra.toml");
-    std::fs::write(
-        &extra,
-        format!(
-            "[control_plane]\nsigner_socket = {:?}\nissuer = \"{ISSUER}\"\nkeys_refresh_hint = \"2s\"\n",
-            socket.display().to_string()
-        ),
-    )
-    .unwrap();
-    let env = DevEnv::start_with_args(
-        dir,
-        "5m",
-        &[
-            "--core-config-extra".into(),
-            extra.display().to_string(),
-            "--http-listen".into(),
-            http.clone(),
-        ],
-    );
-    wait_until("the signer socket", Duration::from_secs(30), || {
-        socket.exists()
-    });
+    let (env, socket, http) = DevEnv::start_with_sa_signer(&format!(
+        "issuer = \"{ISSUER}\"\nkeys_refresh_hint = \"2s\""
+    ));
     let work = tempfile::tempdir().unwrap();
     let pki = work.path().join("pki");
     let port = free_port();
@@ -532,32 +510,10 @@ fn moving_from_key_files_to_keygrid_keeps_old_tokens_valid() {
     ]));
     assert!(out.status.success(), "{}", text(&out));
 
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("sa-signer.sock");
-    let http = format!("127.0.0.1:{}", free_port());
-    let extra = dir.path().join("extra.toml");
-    std::fs::write(
-        &extra,
-        format!(
-            "[control_plane]\nsigner_socket = {:?}\nissuer = \"{ISSUER}\"\nlegacy_key_files = [{:?}]\n",
-            socket.display().to_string(),
-            pki.join("sa.pub").display().to_string()
-        ),
-    )
-    .unwrap();
-    let env = DevEnv::start_with_args(
-        dir,
-        "5m",
-        &[
-            "--core-config-extra".into(),
-            extra.display().to_string(),
-            "--http-listen".into(),
-            http.clone(),
-        ],
-    );
-    wait_until("the signer socket", Duration::from_secs(30), || {
-        socket.exists()
-    });
+    let (env, socket, http) = DevEnv::start_with_sa_signer(&format!(
+        "issuer = \"{ISSUER}\"\nlegacy_key_files = [{:?}]",
+        pki.join("sa.pub").display().to_string()
+    ));
     let port = free_port();
     let out = run(Command::new(bin("keygrid"))
         .args(["kubeadm", "certs", "--pki-dir", pki.to_str().unwrap()])
