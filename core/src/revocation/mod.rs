@@ -5,6 +5,7 @@
 //! responder ([`ocsp`]) re-signs the answer for that certificate at once. Only long-lived
 //! certificates (node certificates, issuing CAs) need this: 5-minute SVIDs expire instead.
 
+pub mod answer_cache;
 pub mod crl;
 pub mod crl_der;
 pub mod ocsp;

@@ -23,6 +23,7 @@ use x509_ocsp::{
     ResponderId, ResponseData, RevokedInfo, SingleResponse, Version,
 };
 
+use super::answer_cache::AnswerCache;
 use super::responder_cert::ResponderCredential;
 use super::{serial_hex_from_bytes, CertStatus, Reason, RevocationListener};
 use crate::ca::{Authority, CaError, Hierarchy};
@@ -188,7 +189,7 @@ pub struct OcspResponder {
     /// Append-only (new CA generations are added), so an index stays valid.
     issuers: RwLock<Arc<Vec<IssuerIndex>>>,
     signers: RwLock<Vec<Arc<ResponderCredential>>>,
-    cache: RwLock<HashMap<CacheKey, Arc<Cached>>>,
+    cache: RwLock<AnswerCache<CacheKey, Arc<Cached>>>,
     revocation_seq: AtomicI64,
 }
 
@@ -299,7 +300,7 @@ impl OcspResponder {
             settings,
             issuers: RwLock::new(Arc::new(issuers)),
             signers: RwLock::new(signers),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(AnswerCache::new(CACHE_CAPACITY)),
             revocation_seq: AtomicI64::new(seq),
         })
     }
@@ -423,15 +424,31 @@ impl OcspResponder {
 
     /// Answers from the cache alone; `None` when the request needs the store or a
     /// signature (cache miss, nonce, several CertIDs, or an error to report).
+    ///
+    /// A request whose exact bytes were answered before is found without decoding it; the
+    /// first time, it is decoded and its bytes remembered (see [`AnswerCache`]).
     pub fn answer_cached(&self, der: &[u8]) -> Option<OcspAnswer> {
+        let now = now();
+        {
+            let cache = self.cache.read().ok()?;
+            if let Some(hit) = cache.get_by_request(der) {
+                return (now < hit.refresh_at).then(|| hit.answer.clone());
+            }
+        }
         let parsed = self.parse(der).ok()?;
         if parsed.nonce.is_some() || parsed.cert_ids.len() != 1 {
             return None;
         }
         let key = (parsed.issuer, parsed.cert_ids[0].to_der().ok()?);
-        let cache = self.cache.read().ok()?;
-        let hit = cache.get(&key)?;
-        (now() < hit.refresh_at).then(|| hit.answer.clone())
+        let answer = {
+            let cache = self.cache.read().ok()?;
+            let hit = cache.get(&key)?;
+            (now < hit.refresh_at).then(|| hit.answer.clone())?
+        };
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remember_request(der, &key);
+        }
+        Some(answer)
     }
 
     /// Answers a DER `OCSPRequest`. Never panics; every failure is an `OCSPResponse`
@@ -464,9 +481,7 @@ impl OcspResponder {
             // `unknown` is not kept: the serial may be issued later.
             if status != CertStatus::Unknown {
                 if let Ok(mut cache) = self.cache.write() {
-                    if cache.len() < CACHE_CAPACITY || cache.contains_key(&key) {
-                        cache.insert(key, Arc::new(entry));
-                    }
+                    cache.insert(key, Arc::new(entry));
                 }
             }
             return Ok(answer);

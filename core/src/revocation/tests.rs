@@ -204,10 +204,16 @@ fn good_unknown_and_revoked_with_cache_refreshed_on_revocation() {
         status(&decode(&good.der)),
         x509_ocsp::CertStatus::Good(_)
     ));
-    // Served from the cache the second time, byte for byte.
+    // Served from the cache the second time, byte for byte; the third time by the
+    // request's bytes alone.
     let cached = f.responder.answer_cached(&req).expect("cached");
     assert_eq!(cached.der, good.der);
     assert!(cached.cache.is_some());
+    let by_bytes = f
+        .responder
+        .answer_cached(&req)
+        .expect("cached by request bytes");
+    assert_eq!(by_bytes.der, good.der);
 
     let unknown = f
         .responder
@@ -238,6 +244,10 @@ fn good_unknown_and_revoked_with_cache_refreshed_on_revocation() {
         ),
         other => panic!("expected revoked, got {other:?}"),
     }
+    // And the request's bytes, remembered while the certificate was good, now lead to the
+    // revoked answer too.
+    let again = f.responder.answer_cached(&req).expect("still cached");
+    assert_eq!(again.der, after.der);
     // The CRL was re-published with the entry.
     let crl = f.store.latest_crl("nodes", false).unwrap().unwrap();
     let (_, parsed) = x509_parser::parse_x509_crl(&crl.der).unwrap();
