@@ -3,29 +3,47 @@
 # side on this machine, with the same delegated signer key type (P-256, then P-384) and the
 # same load generator and settings:
 #   - ab (ApacheBench) without keep-alive, since the reference closes every connection,
-#     at 1, 16 and 64 concurrent clients;
-#   - wrk with keep-alive against KeyGrid only (wrk cannot drive the reference).
+#     at 1, 16 and 64 concurrent clients, against both;
+#   - ab with keep-alive (-k), REPEAT runs per client count, against KeyGrid and against the
+#     raw ceiling: nginx (one worker) serving KeyGrid's own answer bytes as a static file,
+#     which is what any HTTP server on this machine can do with no OCSP work at all (the
+#     reference cannot keep connections alive, so it has no keep-alive figures).
+# Each responder runs pinned to RESPONDER_CPUS and ab to GENERATOR_CPUS, so the generator
+# does not take CPU time from the responder it measures (on two cores: one each; KeyGrid's
+# runtime sizes its worker threads from the cores it is given).
 # Prints a Markdown table (the one in docs/benchmarks.md came from this script).
 #
 # Usage: scripts/bench-ocsp.sh            (builds keygrid with --release first)
 #        KEYGRID_BIN=path/to/keygrid scripts/bench-ocsp.sh
-# Knobs: N (requests per ab run, default 10000), DURATION (wrk, default 10s),
-#        CONCURRENCY (default "1 16 64"), ALGORITHMS (default "p256 p384").
+# Knobs: N (requests per ab run without keep-alive, default 10000), NK (per keep-alive
+#        run, default 200000), REPEAT (keep-alive runs per client count, default 3),
+#        CONCURRENCY (default "1 16 64"), ALGORITHMS (default "p256 p384"),
+#        RESPONDER_CPUS (default 0), GENERATOR_CPUS (default 1; both "" to not pin).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${N:-10000}
-DURATION=${DURATION:-10s}
+NK=${NK:-200000}
+REPEAT=${REPEAT:-3}
 CONCURRENCY=${CONCURRENCY:-"1 16 64"}
 ALGORITHMS=${ALGORITHMS:-"p256 p384"}
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+if [ "$(nproc)" -ge 2 ]; then
+    RESPONDER_CPUS=${RESPONDER_CPUS-0}
+    GENERATOR_CPUS=${GENERATOR_CPUS-1}
+else
+    RESPONDER_CPUS=${RESPONDER_CPUS-}
+    GENERATOR_CPUS=${GENERATOR_CPUS-}
+fi
 
 need() {
     command -v "$1" >/dev/null 2>&1 || { echo "bench-ocsp: $1 is missing: $2" >&2; exit 1; }
 }
+"$ROOT/scripts/install-deps.sh" bench
 need openssl "apt-get install openssl"
 need ab "apt-get install apache2-utils"
-need wrk "apt-get install wrk"
+need nginx "apt-get install nginx-light"
+need taskset "apt-get install util-linux"
 need softhsm2-util "apt-get install softhsm2"
 need curl "apt-get install curl"
 
@@ -39,9 +57,16 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    rm -rf "$WORK" "${CEIL:-}"
 }
 trap cleanup EXIT
+
+# Command prefixes that pin a process to its CPUs (empty: not pinned). taskset execs the
+# command, so `$!` after `"${ON_RESPONDER[@]}" cmd &` is the command's own PID.
+ON_RESPONDER=()
+ON_GENERATOR=()
+[ -n "$RESPONDER_CPUS" ] && ON_RESPONDER=(taskset -c "$RESPONDER_CPUS")
+[ -n "$GENERATOR_CPUS" ] && ON_GENERATOR=(taskset -c "$GENERATOR_CPUS")
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -81,7 +106,7 @@ token_label = "kgbench"
 listen = "127.0.0.1:$KG_HTTP_PORT"
 ocsp_responder_algorithm = "ecdsa-$1"
 EOF
-    KEYGRID_LOG=warn "$KEYGRID_BIN" serve --config "$KG/core.toml" >>"$KG/core.log" 2>&1 &
+    KEYGRID_LOG=warn "${ON_RESPONDER[@]}" "$KEYGRID_BIN" serve --config "$KG/core.toml" >>"$KG/core.log" 2>&1 &
     KG_PID=$!
     PIDS+=("$KG_PID")
     wait_http "http://127.0.0.1:$KG_HTTP_PORT/healthz"
@@ -112,7 +137,7 @@ start_reference() { # algorithm
     printf 'extendedKeyUsage=OCSPSigning\nkeyUsage=digitalSignature\n' >"$REF/ocsp.ext"
     openssl x509 -req -in "$REF/ocsp.csr" -CA "$REF/ca.pem" -CAkey "$REF/ca.key" -CAcreateserial \
         -days 1 -extfile "$REF/ocsp.ext" -out "$REF/ocsp.pem" 2>/dev/null
-    openssl ocsp -index "$REF/index.txt" -port "$REF_PORT" -rsigner "$REF/ocsp.pem" \
+    "${ON_RESPONDER[@]}" openssl ocsp -index "$REF/index.txt" -port "$REF_PORT" -rsigner "$REF/ocsp.pem" \
         -rkey "$REF/ocsp.key" -CA "$REF/ca.pem" -ignore_err -timeout 2 >>"$REF/ocsp.log" 2>&1 &
     REF_PID=$!
     PIDS+=("$REF_PID")
@@ -124,24 +149,93 @@ stop_reference() {
     wait "$REF_PID" 2>/dev/null || true
 }
 
-verify_once() { # name issuer cert cafile url
+# ---- the raw ceiling: nginx serving a fixed answer -----------------------------------------
+# A directory of its own, world-readable: nginx's workers run as an unprivileged user and
+# must not be let into $WORK (the HSM token lives there).
+CEIL=$(mktemp -d)
+mkdir -p "$CEIL/www"
+chmod 755 "$CEIL" "$CEIL/www"
+CEIL_PORT=$(free_port)
+start_ceiling() { # answer-file request-file
+    install -m 644 "$1" "$CEIL/www/ocsp"
+    cat >"$CEIL/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $CEIL/nginx.pid;
+error_log $CEIL/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    default_type application/ocsp-response;
+    client_body_temp_path $CEIL/body;
+    proxy_temp_path $CEIL/proxy;
+    fastcgi_temp_path $CEIL/fastcgi;
+    uwsgi_temp_path $CEIL/uwsgi;
+    scgi_temp_path $CEIL/scgi;
+    server {
+        listen 127.0.0.1:$CEIL_PORT;
+        root $CEIL/www;
+        # The static handler refuses POST with 405; answer it with the file instead.
+        location = /ocsp { error_page 405 =200 \$uri; }
+    }
+}
+NGINX
+    "${ON_RESPONDER[@]}" nginx -c "$CEIL/nginx.conf" -e "$CEIL/error.log" >>"$CEIL/nginx.log" 2>&1 &
+    CEIL_PID=$!
+    PIDS+=("$CEIL_PID")
+    for _ in $(seq 1 100); do
+        curl -sf -o "$CEIL/check" -X POST --data-binary @"$2" \
+            -H "Content-Type: application/ocsp-request" "http://127.0.0.1:$CEIL_PORT/ocsp" && break
+        sleep 0.1
+    done
+    if ! cmp -s "$CEIL/check" "$1"; then
+        echo "bench-ocsp: nginx does not serve the answer:" >&2
+        cat "$CEIL/error.log" "$CEIL/nginx.log" >&2 2>/dev/null || true
+        exit 1
+    fi
+}
+
+stop_ceiling() {
+    kill "$CEIL_PID" 2>/dev/null || true
+    wait "$CEIL_PID" 2>/dev/null || true
+}
+
+nist_curve() { case "$1" in p256) echo P-256 ;; p384) echo P-384 ;; esac; }
+
+# Checks that a responder answers "good", verifiably, signed by a delegated responder of the
+# algorithm being measured (so a stale responder left on the port cannot stand in).
+verify_once() { # name issuer cert cafile url algorithm
     local out
-    out=$(openssl ocsp -issuer "$2" -cert "$3" -CAfile "$4" -url "$5" -no_nonce 2>&1)
+    out=$(openssl ocsp -issuer "$2" -cert "$3" -CAfile "$4" -url "$5" -no_nonce -resp_text 2>&1)
     if ! grep -q "Response verify OK" <<<"$out" || ! grep -q ": good" <<<"$out"; then
         echo "bench-ocsp: $1 did not give a verified good answer:" >&2
         echo "$out" >&2
         exit 1
     fi
+    if [ "$(grep -m1 -o 'NIST CURVE: P-[0-9]*' <<<"$out")" != "NIST CURVE: $(nist_curve "$6")" ]; then
+        echo "bench-ocsp: $1's responder certificate is not $(nist_curve "$6")" >&2
+        exit 1
+    fi
 }
 
-# ab without keep-alive: prints "rps p50 p99 p99.9" (ms; p99.9 at ab's 1 ms resolution).
-run_ab() { # url request concurrency
+# ab: prints "rps p50 p99 p99.9" (ms; p99.9 at ab's 1 ms resolution).
+run_ab() { # url request concurrency requests [-k]
     local dir="$WORK/ab"
     mkdir -p "$dir"
     local out
-    out=$(ab -q -n "$N" -c "$3" -p "$2" -T application/ocsp-request -e "$dir/p.csv" -g "$dir/t.tsv" "$1" 2>&1)
-    if grep -q "Non-2xx" <<<"$out"; then
-        echo "bench-ocsp: non-2xx answers from $1" >&2
+    out=$("${ON_GENERATOR[@]}" ab -q ${5:-} -n "$4" -c "$3" -p "$2" -T application/ocsp-request \
+        -e "$dir/p.csv" -g "$dir/t.tsv" "$1" 2>&1)
+    # ECDSA signatures vary in length, so an on-demand signer's answers do too: ab's
+    # "Length" failures are expected; connect, receive and exception failures are not.
+    if grep -q "Non-2xx" <<<"$out" || ! grep -q "(Connect: 0, Receive: 0, Length: [0-9]*, Exceptions: 0)\|^Failed requests: *0$" <<<"$out"; then
+        echo "bench-ocsp: failed or non-2xx answers from $1:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    if [ "${5:-}" = "-k" ] && ! grep -q "^Keep-Alive requests: *$4$" <<<"$out"; then
+        echo "bench-ocsp: $1 did not keep every connection alive:" >&2
+        echo "$out" >&2
         exit 1
     fi
     local rps p50 p99 p999
@@ -152,42 +246,12 @@ run_ab() { # url request concurrency
     printf '%.0f %s %s %s' "$rps" "$p50" "$p99" "$p999"
 }
 
-# wrk with keep-alive: prints "rps p50 p99 p99.9" (ms).
-cat >"$WORK/post.lua" <<'EOF'
-local f = assert(io.open(os.getenv("OCSP_REQ"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "application/ocsp-request"
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %.0f %.3f %.3f %.3f %d\n",
-    summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000, errors))
-end
-EOF
-run_wrk() { # url request concurrency
-    local threads=2
-    [ "$3" -lt 2 ] && threads=1
-    local line
-    line=$(OCSP_REQ="$2" wrk -t"$threads" -c"$3" -d"$DURATION" -s "$WORK/post.lua" "$1" | grep '^RESULT')
-    read -r _ rps p50 p99 p999 errors <<<"$line"
-    if [ "$errors" != "0" ]; then
-        echo "bench-ocsp: wrk saw $errors errors against $1" >&2
-        exit 1
-    fi
-    printf '%s %s %s %s' "$rps" "$p50" "$p99" "$p999"
-}
-
 echo "## OCSP responder benchmark"
 echo
-echo "Machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //'); $(uname -sr); $(openssl version)."
-echo "ab requests per run: $N; wrk duration: $DURATION; date: $(date -u +%Y-%m-%dT%H:%MZ)."
-echo
-echo "| signer | clients | transport | reference req/s | reference p50 / p99 / p99.9 (ms) | KeyGrid req/s | KeyGrid p50 / p99 / p99.9 (ms) | throughput ratio |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "Machine: $(nproc) cores, $(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //'); $(uname -sr); $(openssl version); $(nginx -v 2>&1 | sed 's/^nginx version: //')."
+echo "ab requests per run: $N without keep-alive, $NK with; responders on CPU ${RESPONDER_CPUS:-any}, ab on CPU ${GENERATOR_CPUS:-any}; load average before: $(cut -d' ' -f1-3 /proc/loadavg); date: $(date -u +%Y-%m-%dT%H:%MZ)."
+NEW_ROWS=()
+KEEP_ROWS=()
 for alg in $ALGORITHMS; do
     start_keygrid "$alg"
     start_reference "$alg"
@@ -200,20 +264,46 @@ for alg in $ALGORITHMS; do
     openssl s_client -connect "127.0.0.1:$CORE_PORT" -servername localhost </dev/null 2>/dev/null |
         openssl x509 -out "$KG_DIR/leaf.pem"
     openssl ocsp -issuer "$KG_DIR/nodes.pem" -cert "$KG_DIR/leaf.pem" -no_nonce -reqout "$KG_DIR/req.der"
-    verify_once KeyGrid "$KG_DIR/nodes.pem" "$KG_DIR/leaf.pem" "$KG_DIR/chain.pem" "http://127.0.0.1:$KG_HTTP_PORT/ocsp"
-    verify_once reference "$REF/ca.pem" "$REF/leaf.pem" "$REF/ca.pem" "http://127.0.0.1:$REF_PORT/"
+    verify_once KeyGrid "$KG_DIR/nodes.pem" "$KG_DIR/leaf.pem" "$KG_DIR/chain.pem" "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$alg"
+    verify_once reference "$REF/ca.pem" "$REF/leaf.pem" "$REF/ca.pem" "http://127.0.0.1:$REF_PORT/" "$alg"
     for c in $CONCURRENCY; do
-        read -r r_rps r50 r99 r999 <<<"$(run_ab "http://127.0.0.1:$REF_PORT/" "$REF/req.der" "$c")"
-        read -r k_rps k50 k99 k999 <<<"$(run_ab "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$KG_DIR/req.der" "$c")"
+        res=$(run_ab "http://127.0.0.1:$REF_PORT/" "$REF/req.der" "$c" "$N")
+        read -r r_rps r50 r99 r999 <<<"$res"
+        res=$(run_ab "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$KG_DIR/req.der" "$c" "$N")
+        read -r k_rps k50 k99 k999 <<<"$res"
         ratio=$(awk -v a="$k_rps" -v b="$r_rps" 'BEGIN {printf "%.1fx", a / b}')
-        echo "| $alg | $c | ab, new connection per request | $r_rps | $r50 / $r99 / $r999 | $k_rps | $k50 / $k99 / $k999 | $ratio |"
+        NEW_ROWS+=("| $alg | $c | $r_rps | $r50 / $r99 / $r999 | $k_rps | $k50 / $k99 / $k999 | $ratio |")
         c_last=$c
-    done
-    for c in $CONCURRENCY; do
-        read -r k_rps k50 k99 k999 <<<"$(run_wrk "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$KG_DIR/req.der" "$c")"
-        ratio=$(awk -v a="$k_rps" -v b="$r_rps" -v c="$c_last" 'BEGIN {printf "%.1fx (vs reference at %s)", a / b, c}')
-        echo "| $alg | $c | wrk, keep-alive (KeyGrid only) | – | – | $k_rps | $k50 / $k99 / $k999 | $ratio |"
+        ref_last=$r_rps
     done
     stop_reference
+    # The ceiling serves the answer KeyGrid gives, byte for byte.
+    curl -sf -o "$KG_DIR/answer.der" -X POST --data-binary @"$KG_DIR/req.der" \
+        -H "Content-Type: application/ocsp-request" "http://127.0.0.1:$KG_HTTP_PORT/ocsp"
+    start_ceiling "$KG_DIR/answer.der" "$KG_DIR/req.der"
+    for c in $CONCURRENCY; do
+        for run in $(seq 1 "$REPEAT"); do
+            res=$(run_ab "http://127.0.0.1:$CEIL_PORT/ocsp" "$KG_DIR/req.der" "$c" "$NK" -k)
+            read -r n_rps n50 n99 n999 <<<"$res"
+            res=$(run_ab "http://127.0.0.1:$KG_HTTP_PORT/ocsp" "$KG_DIR/req.der" "$c" "$NK" -k)
+            read -r k_rps k50 k99 k999 <<<"$res"
+            of_ceiling=$(awk -v a="$k_rps" -v b="$n_rps" 'BEGIN {printf "%.0f%%", 100 * a / b}')
+            of_ref=$(awk -v a="$k_rps" -v b="$ref_last" 'BEGIN {printf "%.1fx", a / b}')
+            KEEP_ROWS+=("| $alg | $c | $run | $n_rps | $n50 / $n99 / $n999 | $k_rps | $k50 / $k99 / $k999 | $of_ceiling | $of_ref |")
+        done
+    done
+    stop_ceiling
     stop_keygrid
 done
+echo
+echo "New connection per request (ab without -k), KeyGrid against the reference:"
+echo
+echo "| signer | clients | reference req/s | reference p50 / p99 / p99.9 (ms) | KeyGrid req/s | KeyGrid p50 / p99 / p99.9 (ms) | throughput ratio |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${NEW_ROWS[@]}"
+echo
+echo "Keep-alive (ab -k), KeyGrid against the raw ceiling (nginx serving KeyGrid's answer as a static file); last column: KeyGrid's keep-alive rate over the reference's rate at $c_last clients:"
+echo
+echo "| signer | clients | run | ceiling req/s | ceiling p50 / p99 / p99.9 (ms) | KeyGrid req/s | KeyGrid p50 / p99 / p99.9 (ms) | KeyGrid of ceiling | KeyGrid ÷ reference |"
+echo "|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${KEEP_ROWS[@]}"

@@ -5,20 +5,23 @@
 # project itself must bring SoftHSM2 (the dev HSM), swtpm (the TPM), openssl/curl (the
 # independent clients) and the servers its tests start (PostgreSQL, etcd).
 #
-# Usage: scripts/install-deps.sh [run|test]
+# Usage: scripts/install-deps.sh [run|test|bench]
 #   run   only what `keygrid dev` needs (SoftHSM2)
 #   test  everything the test suite needs (default)
+#   bench the test packages and what the benchmarks add (nginx as the OCSP raw ceiling)
 set -euo pipefail
 
 mode=${1:-test}
 run_pkgs=(softhsm2 opensc openssl)
 test_pkgs=(softhsm2 opensc openssl curl swtpm swtpm-tools tpm2-tools libtss2-dev
-           postgresql etcd-server etcd-client apache2-utils wrk pkg-config)
+           postgresql etcd-server etcd-client apache2-utils pkg-config)
+bench_pkgs=("${test_pkgs[@]}" nginx-light)
 
 case "$mode" in
   run) want=("${run_pkgs[@]}") ;;
   test) want=("${test_pkgs[@]}") ;;
-  *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
+  bench) want=("${bench_pkgs[@]}") ;;
+  *) echo "usage: $0 [run|test|bench]" >&2; exit 2 ;;
 esac
 
 missing=()
