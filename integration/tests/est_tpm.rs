@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use keygrid_integration::swtpm::{LocalCa, Swtpm};
 use keygrid_integration::{free_port, require_tool, run, wait_until, DevEnv};
+use keygrid_tpm_attestation::public_area::PublicArea;
 use keygrid_tpm_attestation::tpm::EnrollmentKey;
 use keygrid_tpm_attestation::{
     Challenge, EnrollmentFinish, EnrollmentStart, TpmAttestor, WireMessage,
@@ -90,12 +91,13 @@ impl Reply {
 impl Lab {
     /// Two TPMs from the trusted local CA, one from a CA core does not know.
     fn start() -> Self {
-        Self::start_with(2, "")
+        Self::start_with(2, "", &[])
     }
 
     /// `trusted` TPMs from the trusted local CA, then one from an unknown CA; `extra` is
-    /// appended to core's configuration before `[est.tpm]`.
-    fn start_with(trusted_tpms: usize, extra_toml: &str) -> Self {
+    /// appended to core's configuration before `[est.tpm]`; the EKs of the TPMs at
+    /// `denied` go on `est.tpm.denied_ek_hashes`.
+    fn start_with(trusted_tpms: usize, extra_toml: &str, denied: &[usize]) -> Self {
         require_tool("curl", HINT);
         require_tool("openssl", HINT);
         let tpm_dir = tempfile::tempdir().unwrap();
@@ -108,12 +110,13 @@ impl Lab {
             &unknown,
             &tpm_dir.path().join("unknown"),
         ));
+        let denied: Vec<String> = denied.iter().map(|i| ek_hash(&tpms[*i])).collect();
         let dir = tempfile::tempdir().unwrap();
         let extra = dir.path().join("extra.toml");
         std::fs::write(
             &extra,
             format!(
-                "{extra_toml}\n[est.tpm]\nmanufacturer_cas = [{:?}, {:?}]\n",
+                "{extra_toml}\n[est.tpm]\nmanufacturer_cas = [{:?}, {:?}]\ndenied_ek_hashes = {denied:?}\n",
                 trusted.root_cert().display().to_string(),
                 trusted.issuer_cert().display().to_string()
             ),
@@ -316,6 +319,17 @@ impl Lab {
     }
 }
 
+/// The hex SHA-256 of a TPM's EK SubjectPublicKeyInfo: the form `denied_ek_hashes` takes.
+fn ek_hash(tpm: &Swtpm) -> String {
+    let attestor =
+        TpmAttestor::open(&tpm.tcti()).unwrap_or_else(|e| panic!("open swtpm: {e}\n{}", tpm.log()));
+    let ek = &attestor.attestation_data().ek_public;
+    let spki = PublicArea::from_tpm2b(ek, "EK public")
+        .and_then(|a| a.spki_der())
+        .expect("EK SPKI");
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki))
+}
+
 fn pem_blocks(all: &str) -> Vec<String> {
     all.split("-----END CERTIFICATE-----")
         .filter_map(|b| {
@@ -454,6 +468,31 @@ fn a_node_enrolls_a_tpm_resident_key_and_forged_or_replayed_attestations_are_ref
     assert_eq!(attested, "tpm");
 }
 
+#[test]
+fn a_tpm_on_the_deny_list_is_refused_though_its_manufacturer_is_trusted() {
+    let lab = Lab::start_with(2, "", &[0]);
+    let before = lab.node_certs();
+    let tpm0 = lab.tpm(0);
+    match lab.start_enrollment(&tpm0, "node-a") {
+        Ok(_) => panic!("a denied TPM was given a challenge"),
+        Err(reply) => lab.refused(
+            "denied TPM",
+            reply,
+            403,
+            "tpm-attestation",
+            "is on the deny-list",
+            before,
+        ),
+    }
+    // A TPM certified by the same manufacturer CA still enrolls.
+    let tpm1 = lab.tpm(1);
+    let c = lab
+        .start_enrollment(&tpm1, "node-b")
+        .unwrap_or_else(|r| panic!("{}", r.text()));
+    let (msg, _) = lab.finish_message(&tpm1, "node-b", &c);
+    lab.certificate(&lab.finish(&msg), "node-b");
+}
+
 fn serial_and_spki(pem_text: &str) -> (String, Vec<u8>) {
     let block = pem::parse_many(pem_text)
         .unwrap()
@@ -488,6 +527,7 @@ async fn the_agent_enrolls_with_its_tpm_and_keeps_kubelet_files_current() {
     let lab = Lab::start_with(
         1,
         "[nodes]\ncert_ttl = \"1m\"\n\n[est]\nkubelet_cert_ttl = \"24s\"\nchannel_binding = \"required\"\n",
+        &[],
     );
     let node_id = "spiffe://example.org/keygrid/node/node-a";
     let workload_id = "spiffe://example.org/tpm-node-workload";

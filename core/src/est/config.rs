@@ -89,6 +89,10 @@ pub struct TpmEnrollConfig {
     /// Allow-listed EK hashes (hex SHA-256 of the EK SubjectPublicKeyInfo).
     #[serde(default)]
     pub allowed_ek_hashes: Vec<String>,
+    /// EK hashes (same form) refused whatever their certificate or the allow-list say:
+    /// lost, stolen or retired TPMs, whose manufacturer certificates stay valid for life.
+    #[serde(default)]
+    pub denied_ek_hashes: Vec<String>,
     /// How long an attestation challenge may be answered.
     #[serde(default = "default_challenge_ttl", with = "humantime_serde")]
     pub challenge_ttl: Duration,
@@ -143,6 +147,14 @@ impl EstConfig {
             if !self.labels.iter().any(|l| l == "nodes") {
                 return Err("est.tpm needs the \"nodes\" label in est.labels".into());
             }
+            // A mistyped entry would deny nothing while looking as if it did.
+            for h in &t.denied_ek_hashes {
+                if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "est.tpm.denied_ek_hashes: {h:?} is not a hex SHA-256 (64 hex digits)"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -188,6 +200,10 @@ mod tests {
                 "password_sha256",
             ),
             ("[est.tpm]\n", "est.tpm"),
+            (
+                "[est.tpm]\nallowed_ek_hashes = [\"ab\"]\ndenied_ek_hashes = [\"3f1c\"]\n",
+                "est.tpm.denied_ek_hashes",
+            ),
             ("[est]\nlisten_addr = \"x\"\n", "listen_addr"),
         ] {
             let err = parse(text).unwrap_err();

@@ -74,6 +74,11 @@ impl TpmEnrollment {
                     .collect::<HashSet<_>>(),
             );
         }
+        vc.denied_ek_hashes = cfg
+            .denied_ek_hashes
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         vc.challenge_ttl = cfg.challenge_ttl;
         Ok(TpmEnrollment {
             verifier: Verifier::new(vc).map_err(|e| format!("est.tpm: {e}"))?,

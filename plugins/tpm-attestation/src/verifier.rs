@@ -41,6 +41,10 @@ pub struct VerifierConfig {
     /// Optional allow-list of EK hashes (lowercase hex SHA-256 of the EK SubjectPublicKeyInfo
     /// DER). When set, only listed EKs attest; a listed EK without a certificate is accepted.
     pub allowed_ek_hashes: Option<HashSet<String>>,
+    /// EK hashes (same form) that never attest, whatever their certificate or the
+    /// allow-list say: a lost, stolen or decommissioned TPM keeps a manufacturer-signed EK
+    /// certificate for life, so trusting its CA cannot be the last word.
+    pub denied_ek_hashes: HashSet<String>,
     /// How long an issued challenge may be answered.
     pub challenge_ttl: Duration,
     /// Cap on outstanding challenges (protects memory against unanswered requests).
@@ -57,6 +61,7 @@ impl VerifierConfig {
             trust_domain: trust_domain.into(),
             manufacturer_cas,
             allowed_ek_hashes: None,
+            denied_ek_hashes: HashSet::new(),
             challenge_ttl: Duration::from_secs(60),
             max_pending: 10_000,
             quote_pcrs: Vec::new(),
@@ -145,6 +150,11 @@ impl Verifier {
         let ek = PublicArea::from_tpm2b(&data.ek_public, "EK public")?;
         check_ek_public(&ek)?;
         let ek_hash = hex::encode(digest::digest(&digest::SHA256, &ek.spki_der()?));
+        if self.config.denied_ek_hashes.contains(&ek_hash) {
+            return Err(AttestationError::PolicyRefused(format!(
+                "EK {ek_hash} is on the deny-list"
+            )));
+        }
 
         let manufacturer = match &data.ek_certificate {
             Some(cert) => {
@@ -468,6 +478,25 @@ mod tests {
         let mut cfg = VerifierConfig::new("example.org", ManufacturerCas::default());
         cfg.allowed_ek_hashes = Some([hash].into_iter().collect());
         Verifier::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn a_denied_ek_is_refused_even_when_allow_listed() {
+        let ek = ek_public();
+        let area = PublicArea::from_tpm2b(&ek, "EK").unwrap();
+        let hash = hex::encode(digest::digest(&digest::SHA256, &area.spki_der().unwrap()));
+        let mut cfg = VerifierConfig::new("example.org", ManufacturerCas::default());
+        cfg.allowed_ek_hashes = Some([hash.clone()].into_iter().collect());
+        cfg.denied_ek_hashes = [hash.clone()].into_iter().collect();
+        let v = Verifier::new(cfg).unwrap();
+        let ak = soft_ak(AK_ATTRS);
+        let err = v.challenge(&data(&ak, &ek)).unwrap_err();
+        assert!(
+            matches!(&err, AttestationError::PolicyRefused(m) if m.contains("deny-list") && m.contains(&hash)),
+            "{err}"
+        );
+        // The same TPM attests once it is off the deny-list.
+        assert!(allow_all(&ek).challenge(&data(&ak, &ek)).is_ok());
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     /// Optional allow-list of EK hashes (hex SHA-256 of the EK SubjectPublicKeyInfo).
     #[serde(default)]
     pub allowed_ek_hashes: Option<Vec<String>>,
+    /// EK hashes (same form) that never attest, even with a trusted certificate or on the
+    /// allow-list: for TPMs that were lost, stolen or retired.
+    #[serde(default)]
+    pub denied_ek_hashes: Vec<String>,
     /// Seconds an agent has to answer a challenge (default 60).
     #[serde(default)]
     pub challenge_ttl_seconds: Option<u64>,
@@ -53,12 +57,29 @@ impl ServerConfig {
             .allowed_ek_hashes
             .as_ref()
             .map(|l| l.iter().map(|h| h.trim().to_ascii_lowercase()).collect());
+        cfg.denied_ek_hashes = self
+            .denied_ek_hashes
+            .iter()
+            .map(|h| ek_hash_entry(h))
+            .collect::<Result<_, _>>()?;
         cfg.quote_pcrs = self.quote_pcrs.clone();
         if let Some(s) = self.challenge_ttl_seconds {
             cfg.challenge_ttl = Duration::from_secs(s.clamp(1, 600));
         }
         Verifier::new(cfg).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
+}
+
+/// One deny-list entry, lowercased; refused unless it is a hex SHA-256, because a mistyped
+/// entry would deny nothing and look as if it did.
+fn ek_hash_entry(h: &str) -> Result<String, ConfigError> {
+    let h = h.trim().to_ascii_lowercase();
+    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ConfigError::Invalid(format!(
+            "denied_ek_hashes: {h:?} is not a hex SHA-256 (64 hex digits)"
+        )));
+    }
+    Ok(h)
 }
 
 /// The server plugin: the verifier built from the current configuration.
@@ -208,6 +229,28 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
         let err = parse_hcl::<ServerConfig>(r#"ek_ca_path = "typo""#).unwrap_err();
         assert!(err.to_string().contains("ek_ca_path"), "{err}");
+        let cfg: ServerConfig = parse_hcl(
+            r#"allowed_ek_hashes = ["ABCDEF"]
+               denied_ek_hashes = ["3f1c"]"#,
+        )
+        .unwrap();
+        let err = plugin.check(&core(), &cfg).unwrap_err();
+        assert!(err.to_string().contains("denied_ek_hashes"), "{err}");
+    }
+
+    #[test]
+    fn deny_list_entries_are_normalised() {
+        let hash = "AB".repeat(32);
+        let cfg: ServerConfig = parse_hcl(&format!(
+            r#"allowed_ek_hashes = ["ABCDEF"]
+               denied_ek_hashes = [" {hash} "]"#
+        ))
+        .unwrap();
+        assert_eq!(
+            ek_hash_entry(&cfg.denied_ek_hashes[0]).unwrap(),
+            "ab".repeat(32)
+        );
+        ServerPlugin::default().apply(core(), cfg).unwrap();
     }
 
     #[test]
