@@ -472,21 +472,23 @@ mod tests {
         }
     }
 
-    fn allow_all(ek: &[u8]) -> Verifier {
+    /// A config whose allow-list holds exactly `ek`, and `ek`'s hash.
+    fn allowing(ek: &[u8]) -> (VerifierConfig, String) {
         let area = PublicArea::from_tpm2b(ek, "EK").unwrap();
         let hash = hex::encode(digest::digest(&digest::SHA256, &area.spki_der().unwrap()));
         let mut cfg = VerifierConfig::new("example.org", ManufacturerCas::default());
-        cfg.allowed_ek_hashes = Some([hash].into_iter().collect());
-        Verifier::new(cfg).unwrap()
+        cfg.allowed_ek_hashes = Some([hash.clone()].into_iter().collect());
+        (cfg, hash)
+    }
+
+    fn allow_all(ek: &[u8]) -> Verifier {
+        Verifier::new(allowing(ek).0).unwrap()
     }
 
     #[test]
     fn a_denied_ek_is_refused_even_when_allow_listed() {
         let ek = ek_public();
-        let area = PublicArea::from_tpm2b(&ek, "EK").unwrap();
-        let hash = hex::encode(digest::digest(&digest::SHA256, &area.spki_der().unwrap()));
-        let mut cfg = VerifierConfig::new("example.org", ManufacturerCas::default());
-        cfg.allowed_ek_hashes = Some([hash.clone()].into_iter().collect());
+        let (mut cfg, hash) = allowing(&ek);
         cfg.denied_ek_hashes = [hash.clone()].into_iter().collect();
         let v = Verifier::new(cfg).unwrap();
         let ak = soft_ak(AK_ATTRS);
@@ -648,10 +650,7 @@ mod tests {
     #[test]
     fn expired_challenges_are_refused() {
         let ek = ek_public();
-        let area = PublicArea::from_tpm2b(&ek, "EK").unwrap();
-        let hash = hex::encode(digest::digest(&digest::SHA256, &area.spki_der().unwrap()));
-        let mut cfg = VerifierConfig::new("example.org", ManufacturerCas::default());
-        cfg.allowed_ek_hashes = Some([hash].into_iter().collect());
+        let (mut cfg, _) = allowing(&ek);
         cfg.challenge_ttl = Duration::ZERO;
         let v = Verifier::new(cfg).unwrap();
         let c = v.challenge(&data(&soft_ak(AK_ATTRS), &ek)).unwrap();
