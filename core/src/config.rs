@@ -127,10 +127,22 @@ pub struct StoreConfig {
     /// CA certificate(s), PEM, that the PostgreSQL server's certificate must chain to;
     /// when set, connections use TLS (`sslmode=require` unless the URL says otherwise).
     pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) core presents to PostgreSQL, so the database can
+    /// authenticate it by certificate (`hostssl ... cert`) rather than by a password that
+    /// has to be stored and rotated. Needs `tls_ca_file` and `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `tls_client_cert_file`; keep it readable by core only.
+    pub tls_client_key_file: Option<PathBuf>,
     /// How long certificate rows of short-lived X.509-SVIDs are kept after they expire;
     /// their audit records are kept for good. Long-lived certificates are always kept.
     #[serde(with = "humantime_serde")]
     pub svid_retention: Duration,
+}
+
+/// Reads a file named by `[store] <field>`; the error names the field and the path, never
+/// the contents (a key file's contents are secret).
+fn read_store_file(path: &std::path::Path, field: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read store.{field} {}: {e}", path.display()))
 }
 
 impl Default for StoreConfig {
@@ -142,6 +154,8 @@ impl Default for StoreConfig {
             password_file: None,
             password_env: "KEYGRID_STORE_PASSWORD".into(),
             tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
             svid_retention: Duration::from_secs(24 * 3600),
         }
     }
@@ -651,6 +665,8 @@ impl CoreConfig {
                 &mut st.path,
                 &mut st.password_file,
                 &mut st.tls_ca_file,
+                &mut st.tls_client_cert_file,
+                &mut st.tls_client_key_file,
             ]
             .into_iter()
             .flatten()
@@ -679,6 +695,20 @@ impl CoreConfig {
                     return Err(invalid(
                         "store.url must not hold the password; use store.password_file or store.password_env".into(),
                     ));
+                }
+                let st = &cfg.store;
+                match (&st.tls_client_cert_file, &st.tls_client_key_file) {
+                    (Some(_), None) | (None, Some(_)) => {
+                        return Err(invalid(
+                            "store.tls_client_cert_file and store.tls_client_key_file go together"
+                                .into(),
+                        ))
+                    }
+                    (Some(_), Some(_)) if st.tls_ca_file.is_none() => return Err(invalid(
+                        "store.tls_client_cert_file needs store.tls_ca_file (TLS to the database)"
+                            .into(),
+                    )),
+                    _ => {}
                 }
             }
             StoreEngine::Sqlite => {}
@@ -792,8 +822,21 @@ impl CoreConfig {
                         let pem = std::fs::read(file).map_err(|e| {
                             format!("cannot read store.tls_ca_file {}: {e}", file.display())
                         })?;
-                        let tls = crate::store::pg_tls::MakeRustls::from_ca_pem(&pem)
-                            .map_err(|e| format!("store.tls_ca_file {}: {e}", file.display()))?;
+                        let client = match (
+                            &self.store.tls_client_cert_file,
+                            &self.store.tls_client_key_file,
+                        ) {
+                            (Some(c), Some(k)) => Some((
+                                read_store_file(c, "tls_client_cert_file")?,
+                                read_store_file(k, "tls_client_key_file")?,
+                            )),
+                            _ => None,
+                        };
+                        let tls = crate::store::pg_tls::MakeRustls::new(
+                            &pem,
+                            client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+                        )
+                        .map_err(|e| format!("store TLS ({}): {e}", file.display()))?;
                         if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
                             pg.ssl_mode(tokio_postgres::config::SslMode::Require);
                         }
@@ -1005,6 +1048,59 @@ mod tests {
         let cfg = CoreConfig::parse(&text("empty.pem"), &path).unwrap();
         let err = cfg.store_location().unwrap_err();
         assert!(err.contains("no CERTIFICATE"), "{err}");
+    }
+
+    #[test]
+    fn store_client_certificates_come_in_pairs_and_bad_keys_say_so_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), key.serialize_pem()).unwrap();
+        let secret =
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n";
+        std::fs::write(dir.path().join("bad.key"), secret).unwrap();
+        let text = |extra: &str| {
+            format!(
+                "trust_domain = \"example.org\"\ndata_dir = \"/d\"\n[store]\nengine = \"postgres\"\n\
+                 url = \"postgres://kg@db.example.org/kg\"\n{extra}"
+            )
+        };
+        let path = dir.path().join("core.toml");
+        let ok = text(
+            "tls_ca_file = \"ca.pem\"\ntls_client_cert_file = \"client.pem\"\ntls_client_key_file = \"client.key\"\n",
+        );
+        let cfg = CoreConfig::parse(&ok, &path).unwrap();
+        assert_eq!(
+            cfg.store.tls_client_key_file,
+            Some(dir.path().join("client.key"))
+        );
+        assert!(matches!(
+            cfg.store_location().unwrap(),
+            crate::store::StoreLocation::PostgresTls(..)
+        ));
+
+        let half = text("tls_ca_file = \"ca.pem\"\ntls_client_cert_file = \"client.pem\"\n");
+        let err = CoreConfig::parse(&half, &path).unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        let no_ca =
+            text("tls_client_cert_file = \"client.pem\"\ntls_client_key_file = \"client.key\"\n");
+        let err = CoreConfig::parse(&no_ca, &path).unwrap_err().to_string();
+        assert!(err.contains("needs store.tls_ca_file"), "{err}");
+
+        let bad = text(
+            "tls_ca_file = \"ca.pem\"\ntls_client_cert_file = \"client.pem\"\ntls_client_key_file = \"bad.key\"\n",
+        );
+        let err = CoreConfig::parse(&bad, &path)
+            .unwrap()
+            .store_location()
+            .unwrap_err();
+        assert!(err.contains("client"), "{err}");
+        assert!(!err.contains("c2VjcmV0"), "the key leaked into: {err}");
     }
 
     #[test]

@@ -16,7 +16,46 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Child,
-    tls: bool,
+    tls: TlsMode,
+}
+
+/// How the server speaks TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TlsMode {
+    Off,
+    /// TLS offered; the usual (trust) authentication.
+    On,
+    /// TLS required over TCP and clients authenticated by certificate (`hostssl ... cert`,
+    /// the certificate's CN being the user); the Unix socket stays `trust` for set-up.
+    ClientCert,
+}
+
+/// [`TlsMode`] with what setting it up needs.
+enum Tls<'a> {
+    Off,
+    On,
+    /// The CA (PEM) client certificates must chain to.
+    ClientCert(&'a str),
+}
+
+impl Tls<'_> {
+    fn mode(&self) -> TlsMode {
+        match self {
+            Tls::Off => TlsMode::Off,
+            Tls::On => TlsMode::On,
+            Tls::ClientCert(_) => TlsMode::ClientCert,
+        }
+    }
+}
+
+/// A test CA and what it signed for [`PgServer::start_tls_client_auth`].
+pub struct ClientAuthFiles {
+    /// The CA (PEM) that signed the server's and the client's certificates.
+    pub ca: String,
+    /// A client certificate (PEM) with CN `keygrid`, the database user.
+    pub client_cert: String,
+    /// Its private key (PKCS#8 PEM).
+    pub client_key: String,
 }
 
 /// Where the PostgreSQL server binaries are, newest version first.
@@ -67,36 +106,40 @@ fn as_server_user(bin: &Path) -> Command {
 impl PgServer {
     /// Initialises and starts a server; waits until it accepts connections.
     pub fn start() -> Result<Self, String> {
-        Self::start_inner(None)
+        Self::start_inner(None, Tls::Off)
     }
 
     /// Starts a server that also accepts TLS, with a certificate for `localhost` and
     /// 127.0.0.1 from a fresh test CA; returns the server and that CA (PEM).
     pub fn start_tls() -> Result<(Self, String), String> {
-        let err = |e: rcgen::Error| format!("test certificates: {e}");
-        let ca_key = rcgen::KeyPair::generate().map_err(err)?;
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "keygrid test PostgreSQL CA");
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-        let ca = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().map_err(err)?;
-        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .map_err(err)?;
-        let cert = params.signed_by(&key, &ca).map_err(err)?;
-        let server = Self::start_inner(Some((cert.pem(), key.serialize_pem())))?;
-        Ok((server, ca_cert.pem()))
+        let (ca, server_files, _) = test_certificates()?;
+        let server = Self::start_inner(Some(server_files), Tls::On)?;
+        Ok((server, ca))
     }
 
-    fn start_inner(tls: Option<(String, String)>) -> Result<Self, String> {
+    /// Starts a server that accepts TCP clients only over TLS and only with a client
+    /// certificate from the test CA whose CN is the user (`hostssl all all 127.0.0.1/32
+    /// cert`); returns the server and the CA, client certificate and key.
+    pub fn start_tls_client_auth() -> Result<(Self, ClientAuthFiles), String> {
+        let (ca, server_files, (client_cert, client_key)) = test_certificates()?;
+        let server = Self::start_inner(Some(server_files), Tls::ClientCert(&ca))?;
+        Ok((
+            server,
+            ClientAuthFiles {
+                ca,
+                client_cert,
+                client_key,
+            },
+        ))
+    }
+
+    fn start_inner(files: Option<(String, String)>, tls: Tls<'_>) -> Result<Self, String> {
         let bin = find_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("keygrid-pg")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
-        if let Some((cert, key)) = &tls {
+        if let Some((cert, key)) = &files {
             use std::os::unix::fs::PermissionsExt;
             std::fs::write(dir.path().join("server.crt"), cert).map_err(|e| format!("{e}"))?;
             let key_path = dir.path().join("server.key");
@@ -129,13 +172,25 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        if let Tls::ClientCert(ca) = tls {
+            // The CA the server checks client certificates against; the rules replace
+            // initdb's trust-everything pg_hba.conf.
+            std::fs::write(dir.path().join("client-ca.crt"), ca.as_bytes())
+                .map_err(|e| format!("{e}"))?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+            )
+            .map_err(|e| format!("pg_hba.conf: {e}"))?;
+        }
         let port = free_port()?;
-        let child = spawn_server(&bin, dir.path(), port, tls.is_some())?;
+        let mode = tls.mode();
+        let child = spawn_server(&bin, dir.path(), port, mode)?;
         let server = PgServer {
             dir,
             port,
             child,
-            tls: tls.is_some(),
+            tls: mode,
         };
         server.wait_ready()?;
         Ok(server)
@@ -184,8 +239,11 @@ impl PgServer {
         let _ = self.child.wait();
     }
 
+    /// Connects over the Unix socket, which every mode leaves open to the test user.
     fn connect_check(&self, db: &str) -> Result<(), String> {
-        crate::store::sql::PgPool::connect(self.config(db), 1)
+        let mut c = self.config(db);
+        c.host_path(self.dir.path());
+        crate::store::sql::PgPool::connect(c, 1)
             .map(drop)
             .map_err(|e| e.to_string())
     }
@@ -219,15 +277,9 @@ impl PgServer {
     pub fn create_database(&self, name: &str) -> Result<(), String> {
         let bin = find_bin_dir()?;
         let out = Command::new(bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "keygrid",
-                name,
-            ])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "keygrid", name])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("createdb: {e}"))?;
@@ -245,16 +297,9 @@ impl PgServer {
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let bin = find_bin_dir()?;
         let out = Command::new(bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "keygrid",
-                "-d",
-                db,
-            ])
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", "keygrid", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .stdin(Stdio::null())
             .output()
@@ -269,13 +314,44 @@ impl PgServer {
     }
 }
 
+/// A fresh test CA (PEM), a server certificate and key for `localhost` and 127.0.0.1, and
+/// a client certificate and key with CN `keygrid`, all signed by that CA.
+#[allow(clippy::type_complexity)]
+fn test_certificates() -> Result<(String, (String, String), (String, String)), String> {
+    let err = |e: rcgen::Error| format!("test certificates: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keygrid test PostgreSQL CA");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let ca = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).map_err(err)?;
+    let cert = params.signed_by(&key, &ca).map_err(err)?;
+    let client_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keygrid");
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &ca).map_err(err)?;
+    Ok((
+        ca_cert.pem(),
+        (cert.pem(), key.serialize_pem()),
+        (client_cert.pem(), client_key.serialize_pem()),
+    ))
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-fn spawn_server(bin: &Path, dir: &Path, port: u16, tls: bool) -> Result<Child, String> {
+fn spawn_server(bin: &Path, dir: &Path, port: u16, tls: TlsMode) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -288,14 +364,21 @@ fn spawn_server(bin: &Path, dir: &Path, port: u16, tls: bool) -> Result<Child, S
         .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
         .arg(dir)
         .args(["-c", "fsync=on", "-c", "max_connections=200"])
-        .args(if tls {
-            vec![
+        .args(match tls {
+            TlsMode::Off => Vec::new(),
+            TlsMode::On | TlsMode::ClientCert => vec![
                 "-c".to_string(),
                 "ssl=on".to_string(),
                 "-c".to_string(),
                 format!("ssl_cert_file={}", dir.join("server.crt").display()),
                 "-c".to_string(),
                 format!("ssl_key_file={}", dir.join("server.key").display()),
+            ],
+        })
+        .args(if tls == TlsMode::ClientCert {
+            vec![
+                "-c".to_string(),
+                format!("ssl_ca_file={}", dir.join("client-ca.crt").display()),
             ]
         } else {
             Vec::new()

@@ -2,8 +2,10 @@
 //! database on another host without sending statements and the password in clear.
 //!
 //! The server certificate is verified against the CA file named by `[store] tls_ca_file`
-//! and the host name in the URL. Channel binding is not offered (SCRAM-SHA-256 without
-//! `-PLUS`).
+//! and the host name in the URL. With `tls_client_cert_file` and `tls_client_key_file`,
+//! core also presents a client certificate, so the database can authenticate it by
+//! certificate (`hostssl ... cert` in pg_hba.conf) instead of a password. Channel binding is
+//! not offered (SCRAM-SHA-256 without `-PLUS`).
 
 use std::future::Future;
 use std::io;
@@ -28,6 +30,13 @@ impl std::fmt::Debug for MakeRustls {
 impl MakeRustls {
     /// Trusts the CA certificates (PEM) in `ca_pem` for the database server.
     pub fn from_ca_pem(ca_pem: &[u8]) -> Result<Self, String> {
+        Self::new(ca_pem, None)
+    }
+
+    /// Trusts `ca_pem` for the server and, when `client` is given, authenticates with that
+    /// certificate chain (PEM) and private key (PEM: PKCS#8, SEC1 or PKCS#1). Errors name
+    /// the part at fault and never include key material.
+    pub fn new(ca_pem: &[u8], client: Option<(&[u8], &[u8])>) -> Result<Self, String> {
         let mut roots = rustls::RootCertStore::empty();
         let blocks = pem::parse_many(ca_pem).map_err(|e| format!("CA file: {e}"))?;
         for b in blocks.iter().filter(|b| b.tag() == "CERTIFICATE") {
@@ -43,8 +52,26 @@ impl MakeRustls {
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let config = match client {
+            None => config.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                use rustls::pki_types::pem::PemObject;
+                use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+                let chain = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| "client certificate file: not PEM certificates".to_string())?;
+                if chain.is_empty() {
+                    return Err("client certificate file holds no CERTIFICATE block".into());
+                }
+                let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
+                    "client key file: no PKCS#8, SEC1 or PKCS#1 private key in PEM".to_string()
+                })?;
+                config
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate and key: {e}"))?
+            }
+        };
         Ok(MakeRustls(Arc::new(config)))
     }
 }

@@ -1010,6 +1010,45 @@ fn postgres_store_over_tls_checks_the_server_certificate() {
 }
 
 #[test]
+fn postgres_store_authenticates_to_the_database_with_a_client_certificate() {
+    let (server, files) =
+        super::pg_server::PgServer::start_tls_client_auth().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("certauth").unwrap();
+    let mut config = server.config("certauth");
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+
+    // pg_hba.conf says `hostssl ... cert`: TLS alone, without a certificate, is refused.
+    let anonymous = super::pg_tls::MakeRustls::new(files.ca.as_bytes(), None).unwrap();
+    let err = Store::open_postgres_with(config.clone(), Some(anonymous))
+        .err()
+        .expect("a connection without a client certificate was accepted");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let tls = super::pg_tls::MakeRustls::new(
+        files.ca.as_bytes(),
+        Some((files.client_cert.as_bytes(), files.client_key.as_bytes())),
+    )
+    .unwrap();
+    let store = Store::open_postgres_with(config, Some(tls)).unwrap();
+    issue_some(&store, 2);
+    assert_eq!(store.verify_audit(None).unwrap().records, 2);
+    // The server saw core's certificate on this very connection.
+    let client_dn: Option<String> = store
+        .read(|c| {
+            c.query_one(
+                "SELECT client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .get(0)
+        })
+        .unwrap();
+    assert_eq!(client_dn.as_deref(), Some("/CN=keygrid"));
+}
+
+#[test]
 fn postgres_store_reconnects_after_a_server_restart() {
     let mut server = super::pg_server::PgServer::start().unwrap_or_else(|e| panic!("{e}"));
     server.create_database("restart").unwrap();
