@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use keygrid_proto::keygrid::v1 as pb;
@@ -125,9 +125,14 @@ fn parse_jwks(text: &[u8]) -> Result<ParsedBundle, String> {
 struct Source {
     trust_domain: String,
     path: PathBuf,
-    /// Modification time and contents of the last good read.
-    last: Mutex<(Option<SystemTime>, ParsedBundle)>,
+    /// Modification time and contents of the last good read, and when the file was last
+    /// looked at.
+    last: Mutex<(Option<SystemTime>, ParsedBundle, Instant)>,
 }
+
+/// How often a bundle file is looked at, however many agents sync: one `stat` a second
+/// per partner, not one per agent request.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 fn read(path: &Path) -> Result<(Option<SystemTime>, ParsedBundle), String> {
     let modified = std::fs::metadata(path)
@@ -142,6 +147,7 @@ fn read(path: &Path) -> Result<(Option<SystemTime>, ParsedBundle), String> {
 #[derive(Default)]
 pub struct FederatedBundles {
     sources: Vec<Source>,
+    recheck_after: Duration,
 }
 
 impl FederatedBundles {
@@ -164,18 +170,22 @@ impl FederatedBundles {
                     c.trust_domain
                 ));
             }
-            let first = read(&c.bundle_file)
+            let (modified, bundle) = read(&c.bundle_file)
                 .map_err(|e| format!("federation with {}: {e}", c.trust_domain))?;
             sources.push(Source {
                 trust_domain: c.trust_domain.clone(),
                 path: c.bundle_file.clone(),
-                last: Mutex::new(first),
+                last: Mutex::new((modified, bundle, Instant::now())),
             });
         }
-        Ok(FederatedBundles { sources })
+        Ok(FederatedBundles {
+            sources,
+            recheck_after: RECHECK_AFTER,
+        })
     }
 
-    /// The bundles as of now, re-reading any file whose modification time changed.
+    /// The bundles as of now, re-reading any file whose modification time changed (each
+    /// file is looked at no more than once per second).
     pub fn current(&self) -> Vec<pb::FederatedBundle> {
         self.sources
             .iter()
@@ -186,14 +196,20 @@ impl FederatedBundles {
                         ..Default::default()
                     };
                 };
-                let modified = std::fs::metadata(&s.path).and_then(|m| m.modified()).ok();
+                let now = Instant::now();
+                let modified = if now.duration_since(last.2) >= self.recheck_after {
+                    last.2 = now;
+                    std::fs::metadata(&s.path).and_then(|m| m.modified()).ok()
+                } else {
+                    None
+                };
                 if modified.is_some() && modified != last.0 {
                     match read(&s.path) {
-                        Ok(fresh) => {
-                            if fresh.1 != last.1 {
+                        Ok((when, bundle)) => {
+                            if bundle != last.1 {
                                 tracing::info!(trust_domain = %s.trust_domain, "federated bundle updated");
                             }
-                            *last = fresh;
+                            (last.0, last.1) = (when, bundle);
                         }
                         Err(e) => {
                             tracing::error!(trust_domain = %s.trust_domain, error = %e,
@@ -285,11 +301,15 @@ mod tests {
             trust_domain: "partner.example".into(),
             bundle_file: path.clone(),
         }];
-        let fed = FederatedBundles::load("example.org", &cfg).unwrap();
+        let mut fed = FederatedBundles::load("example.org", &cfg).unwrap();
         assert_eq!(fed.current()[0].x509_authorities, vec![first.clone()]);
-
+        // Until recheck_after has passed since the last look, the file is not looked at.
+        fed.recheck_after = Duration::from_secs(3600);
         let second = cert_der();
         std::fs::write(&path, spiffe_bundle(&second)).unwrap();
+        assert_eq!(fed.current()[0].x509_authorities, vec![first.clone()]);
+        fed.recheck_after = Duration::ZERO;
+
         let bump = |t: u64| {
             let f = std::fs::File::options().write(true).open(&path).unwrap();
             f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t))
