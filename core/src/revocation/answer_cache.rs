@@ -16,6 +16,11 @@ use std::hash::Hash;
 /// anything much longer carries extensions and is left to the decoding path.
 pub const MAX_REMEMBERED_REQUEST: usize = 512;
 
+/// Request encodings remembered per answer at most. Honest clients send one or two per
+/// certificate (SHA-1 and SHA-256 CertIDs); a client varying harmless bytes (an unknown
+/// non-critical extension, say) to fill memory gets no more than this many per answer.
+pub const REQUESTS_PER_ANSWER: usize = 4;
+
 /// Answers by subject, plus the request-bytes index described in the module docs.
 pub struct AnswerCache<K, V> {
     by_subject: HashMap<K, V>,
@@ -89,9 +94,13 @@ impl<K: Hash + Eq, V: Clone> AnswerCache<K, V> {
 
     /// Remembers that `request` asks about `key`, so the next identical request finds the
     /// current answer without decoding. Does nothing when there is no answer about `key`,
-    /// the request is long, or the index is full.
+    /// the request is long, or the index is full: [`REQUESTS_PER_ANSWER`] per answer held,
+    /// and never more than the capacity.
     pub fn remember_request(&mut self, request: &[u8], key: &K) {
-        if request.len() > MAX_REMEMBERED_REQUEST || self.by_request.len() >= self.capacity {
+        let limit = self
+            .capacity
+            .min(self.by_subject.len().saturating_mul(REQUESTS_PER_ANSWER));
+        if request.len() > MAX_REMEMBERED_REQUEST || self.by_request.len() >= limit {
             return;
         }
         if let Some(v) = self.by_subject.get(key) {
@@ -149,12 +158,35 @@ mod tests {
     }
 
     #[test]
+    fn request_encodings_are_bounded_per_answer() {
+        let mut c = AnswerCache::new(1000);
+        c.insert("a", 1);
+        for i in 0..10u8 {
+            c.remember_request(&[i], &"a");
+        }
+        let held = (0..10u8)
+            .filter(|i| c.get_by_request(&[*i]).is_some())
+            .count();
+        assert_eq!(held, REQUESTS_PER_ANSWER);
+        // A second answer makes room for its own encodings (the insert starts afresh).
+        c.insert("b", 2);
+        for i in 0..10u8 {
+            c.remember_request(&[i], &"b");
+        }
+        let held = (0..10u8)
+            .filter(|i| c.get_by_request(&[*i]).is_some())
+            .count();
+        assert_eq!(held, 2 * REQUESTS_PER_ANSWER);
+    }
+
+    #[test]
     fn nothing_is_remembered_without_an_answer_or_past_the_bounds() {
         let mut c = AnswerCache::new(2);
         c.remember_request(b"req-a", &"a");
         assert_eq!(c.get_by_request(b"req-a"), None, "no answer about a");
 
         c.insert("a", 1);
+        c.insert("b", 2);
         let long = vec![0u8; MAX_REMEMBERED_REQUEST + 1];
         c.remember_request(&long, &"a");
         assert_eq!(c.get_by_request(&long), None, "long request");
