@@ -65,6 +65,20 @@ fn keygrid(env: &DevEnv, args: &[&str]) -> std::process::Output {
         .arg(env.admin_socket()))
 }
 
+/// Runs `keygrid <args>` and fails the test, with its stderr and core's log, unless it
+/// succeeded.
+fn keygrid_ok(env: &DevEnv, args: &[&str]) -> std::process::Output {
+    let out = keygrid(env, args);
+    assert!(
+        out.status.success(),
+        "keygrid {} failed: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        env.log()
+    );
+    out
+}
+
 fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args(args)
@@ -468,7 +482,7 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
         KUBEADM_CONFIG.replace("PKI_DIR", pki.to_str().unwrap()),
     )
     .unwrap();
-    let out = keygrid(
+    keygrid_ok(
         &env,
         &[
             "kubeadm",
@@ -480,12 +494,6 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
             "--kubeadm-config",
             cfg.to_str().unwrap(),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "kubeadm certs failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        env.log()
     );
     check_table(&pki, &env.bundle_pem());
 
@@ -576,7 +584,7 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
     }
     let key_before = std::fs::read(pki.join("etcd/server.key")).unwrap();
     let cert_before = std::fs::read(pki.join("etcd/server.crt")).unwrap();
-    let out = keygrid(
+    keygrid_ok(
         &env,
         &[
             "kubeadm",
@@ -585,11 +593,6 @@ fn kubeadm_set_has_exactly_the_expected_certificates() {
             "--pki-dir",
             pki.to_str().unwrap(),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         std::fs::read(pki.join("etcd/server.key")).unwrap(),
@@ -788,7 +791,7 @@ fn csrs_from_kubeadm_generate_csr_are_signed() {
         "apiVersion: v1\nclusters:\n- cluster:\n    server: https://api.example.internal:6443\n  name: kubernetes\ncontexts:\n- context:\n    cluster: kubernetes\n    user: kubernetes-admin\n  name: kubernetes-admin@kubernetes\ncurrent-context: kubernetes-admin@kubernetes\nkind: Config\nusers:\n- name: kubernetes-admin\n  user:\n    client-key-data: S0VZ\n",
     )
     .unwrap();
-    let out = keygrid(
+    keygrid_ok(
         &env,
         &[
             "kubeadm",
@@ -798,12 +801,6 @@ fn csrs_from_kubeadm_generate_csr_are_signed() {
             "--kubeconfig-dir",
             kube.to_str().unwrap(),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        env.log()
     );
     // The apiserver's RSA key gets keyEncipherment, as kubeadm does for RSA.
     let api = facts(&certs.join("apiserver.crt"));
