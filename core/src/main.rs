@@ -270,6 +270,20 @@ enum KubeadmCommand {
         /// init, stage, promote or retire.
         step: String,
     },
+    /// Write KeyGrid's trust bundle (its published roots) as a Kubernetes
+    /// ClusterTrustBundle (certificates.k8s.io/v1beta1), for `kubectl apply -f`.
+    TrustBundle {
+        /// Object name (after the signer prefix, when there is a signer).
+        #[arg(long, default_value = "keygrid-roots")]
+        name: String,
+        /// Signer name `<domain>/<path>` the bundle is for; the object name then starts
+        /// with it (`/` as `:`), as the API requires.
+        #[arg(long)]
+        signer_name: Option<String>,
+        /// Write here (atomically, mode 0644) instead of to stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Show every managed file, its expiry and its last renewal.
     Status {
         /// The pki directory.
@@ -1105,6 +1119,41 @@ async fn kubeadm_command(cmd: KubeadmCommand, admin: AdminArgs) -> anyhow::Resul
             let next =
                 kubeadm::sa_keys::run_step(&pki_dir, kubeadm::sa_keys::SaStep::parse(&step)?)?;
             println!("{step}: done. Next: {next}.");
+        }
+        KubeadmCommand::TrustBundle {
+            name,
+            signer_name,
+            output,
+        } => {
+            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+            let res = c
+                .show_ca(pb::ShowCaRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let roots: Vec<Vec<u8>> = res
+                .authorities
+                .into_iter()
+                .filter(|a| a.in_bundle)
+                .map(|a| a.certificate_der)
+                .collect();
+            let object =
+                kubeadm::trust_bundle::cluster_trust_bundle(&name, signer_name.as_deref(), &roots)
+                    .map_err(anyhow::Error::msg)?;
+            let text = format!("{}\n", serde_json::to_string_pretty(&object)?);
+            match output {
+                None => print!("{text}"),
+                Some(path) => {
+                    kubeadm::write_replacing(&path, text.as_bytes(), 0o644)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!(
+                        "{} written ({} root{})",
+                        path.display(),
+                        roots.len(),
+                        if roots.len() == 1 { "" } else { "s" }
+                    );
+                }
+            }
         }
         KubeadmCommand::Status { pki_dir } => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();

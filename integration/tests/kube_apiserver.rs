@@ -237,7 +237,8 @@ fn start_etcd(pki: &Path, dir: &Path) -> (Proc, u16) {
 }
 
 /// Starts kube-apiserver on the KeyGrid certificates in `pki`, against etcd on
-/// `etcd_port`, with `sa_args` choosing how service-account tokens are signed.
+/// `etcd_port`; `extra_args` choose how service-account tokens are signed and switch on
+/// any beta APIs a test needs.
 #[allow(clippy::too_many_arguments)]
 fn start_apiserver(
     apiserver: &Path,
@@ -245,7 +246,7 @@ fn start_apiserver(
     work: &Path,
     port: u16,
     etcd_port: u16,
-    sa_args: &[String],
+    extra_args: &[String],
     log_name: &str,
 ) -> Proc {
     let p = |f: &str| pki.join(f).display().to_string();
@@ -291,7 +292,7 @@ fn start_apiserver(
             "--requestheader-group-headers=X-Remote-Group",
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
         ])
-        .args(sa_args)
+        .args(extra_args)
         .args([
             "--service-cluster-ip-range=10.96.0.0/12",
             "--authorization-mode=Node,RBAC",
@@ -349,6 +350,8 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
         &[
             format!("--service-account-signing-endpoint={}", socket.display()),
             format!("--service-account-issuer={ISSUER}"),
+            "--feature-gates=ClusterTrustBundle=true".to_string(),
+            "--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true".to_string(),
         ],
         "apiserver.log",
     );
@@ -380,6 +383,49 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     );
     let version = api.call("GET", "/version", None);
     assert_eq!(version["gitVersion"], "v1.36.3", "{version}");
+
+    // KeyGrid's roots as a ClusterTrustBundle: the API server validates and stores what
+    // `keygrid kubeadm trust-bundle` wrote and finds it by signer name.
+    let ctb_file = work.path().join("trust-bundle.json");
+    let out = run(Command::new(bin("keygrid"))
+        .args([
+            "kubeadm",
+            "trust-bundle",
+            "--signer-name",
+            "keygrid.example.com/nodes",
+        ])
+        .args(["--output", ctb_file.to_str().unwrap()])
+        .arg("--socket")
+        .arg(env.admin_socket()));
+    assert!(out.status.success(), "{}", text(&out));
+    let object: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ctb_file).unwrap()).unwrap();
+    let ctbs = "/apis/certificates.k8s.io/v1beta1/clustertrustbundles";
+    let created = api.call("POST", ctbs, Some(&object));
+    assert_eq!(
+        created["metadata"]["name"],
+        "keygrid.example.com:nodes:keygrid-roots"
+    );
+    let listed = api.call(
+        "GET",
+        &format!("{ctbs}?fieldSelector=spec.signerName%3Dkeygrid.example.com%2Fnodes"),
+        None,
+    );
+    let items = listed["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{listed}");
+    let ders = |text: &str| -> Vec<Vec<u8>> {
+        pem::parse_many(text)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.into_contents())
+            .collect()
+    };
+    let published = std::fs::read_to_string(env.bundle_pem()).unwrap();
+    assert_eq!(
+        ders(items[0]["spec"]["trustBundle"].as_str().unwrap()),
+        ders(&published),
+        "the stored bundle is not KeyGrid's published one"
+    );
 
     api.call(
         "POST",

@@ -137,6 +137,7 @@ impl AdminApi {
                 activate_at_unix: a.activate_at(),
                 active,
                 in_bundle: bundle.roots.iter().any(|r| r.as_slice() == a.cert_der()),
+                certificate_der: a.cert_der().to_vec(),
             });
         }
         Ok(pb::ShowCaResponse {

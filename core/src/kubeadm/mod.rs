@@ -16,6 +16,7 @@
 pub mod csr;
 pub mod sa_keys;
 pub mod spec;
+pub mod trust_bundle;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
