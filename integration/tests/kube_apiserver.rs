@@ -236,6 +236,22 @@ fn start_etcd(pki: &Path, dir: &Path) -> (Proc, u16) {
     (Proc(child), client)
 }
 
+/// `keygrid kubeadm certs` for a one-node control plane `cp1` whose API server listens on
+/// 127.0.0.1:`port`: certificates in `<work>/pki`, kubeconfigs in `<work>/kube`.
+fn write_control_plane_certs(env: &DevEnv, work: &Path, port: u16, extra: &[&str]) {
+    let out = run(Command::new(bin("keygrid"))
+        .args(["kubeadm", "certs", "--pki-dir"])
+        .arg(work.join("pki"))
+        .arg("--kubeconfig-dir")
+        .arg(work.join("kube"))
+        .args(["--node-name", "cp1", "--advertise-address", "127.0.0.1"])
+        .args(["--bind-port", &port.to_string()])
+        .args(extra)
+        .arg("--socket")
+        .arg(env.admin_socket()));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// Starts kube-apiserver on the KeyGrid certificates in `pki`, against etcd on
 /// `etcd_port`; `extra_args` choose how service-account tokens are signed and switch on
 /// any beta APIs a test needs.
@@ -320,24 +336,7 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     let work = tempfile::tempdir().unwrap();
     let pki = work.path().join("pki");
     let port = free_port();
-    let out = run(Command::new(bin("keygrid"))
-        .args(["kubeadm", "certs", "--pki-dir", pki.to_str().unwrap()])
-        .args([
-            "--kubeconfig-dir",
-            work.path().join("kube").to_str().unwrap(),
-        ])
-        .args([
-            "--node-name",
-            "cp1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--bind-port",
-            &port.to_string(),
-        ])
-        .args(["--ttl", "40s"])
-        .arg("--socket")
-        .arg(env.admin_socket()));
-    assert!(out.status.success(), "{}", text(&out));
+    write_control_plane_certs(&env, work.path(), port, &["--ttl", "40s"]);
     let (_etcd, etcd_port) = start_etcd(&pki, work.path());
 
     let p = |f: &str| pki.join(f).display().to_string();
@@ -561,23 +560,7 @@ fn moving_from_key_files_to_keygrid_keeps_old_tokens_valid() {
         pki.join("sa.pub").display().to_string()
     ));
     let port = free_port();
-    let out = run(Command::new(bin("keygrid"))
-        .args(["kubeadm", "certs", "--pki-dir", pki.to_str().unwrap()])
-        .args([
-            "--kubeconfig-dir",
-            work.path().join("kube").to_str().unwrap(),
-        ])
-        .args([
-            "--node-name",
-            "cp1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--bind-port",
-            &port.to_string(),
-        ])
-        .arg("--socket")
-        .arg(env.admin_socket()));
-    assert!(out.status.success(), "{}", text(&out));
+    write_control_plane_certs(&env, work.path(), port, &[]);
     let (_etcd, etcd_port) = start_etcd(&pki, work.path());
     let api = Api {
         url: format!("https://127.0.0.1:{port}"),
