@@ -810,20 +810,21 @@ fn code_name(c: tonic::Code) -> &'static str {
     }
 }
 
+/// The CA hierarchy as core reports it over the admin socket.
+async fn show_ca(admin: &AdminArgs) -> anyhow::Result<pb::ShowCaResponse> {
+    let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
+    Ok(c.show_ca(pb::ShowCaRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner())
+}
+
 async fn admin_command(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Ca {
             command: CaCommand::Show,
             admin,
-        } => {
-            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
-            let res = c
-                .show_ca(pb::ShowCaRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_ca(&res);
-        }
+        } => print_ca(&show_ca(&admin).await?),
         Command::Ca {
             command: CaCommand::Rotate { issuer, prepare },
             admin,
@@ -1125,13 +1126,8 @@ async fn kubeadm_command(cmd: KubeadmCommand, admin: AdminArgs) -> anyhow::Resul
             signer_name,
             output,
         } => {
-            let mut c = keygrid_core::admin_client::connect(&admin.socket()?).await?;
-            let res = c
-                .show_ca(pb::ShowCaRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let roots: Vec<Vec<u8>> = res
+            let roots: Vec<Vec<u8>> = show_ca(&admin)
+                .await?
                 .authorities
                 .into_iter()
                 .filter(|a| a.in_bundle)
