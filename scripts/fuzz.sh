@@ -2,7 +2,7 @@
 # Runs every fuzz target in fuzz/ for SECONDS each (default 60) with cargo-fuzz (libFuzzer,
 # AddressSanitizer), installing cargo-fuzz and the nightly toolchain when missing.
 # A crash stops the run and leaves its input in fuzz/artifacts/<target>/; the corpus grows
-# in fuzz/corpus/<target>/ (both git-ignored).
+# in fuzz/corpus/<target>/ (both git-ignored), starting from fuzz/seeds/<target>/.
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
@@ -23,5 +23,9 @@ fi
 for t in "${targets[@]}"; do
     echo "fuzz: $t for ${SECONDS_EACH}s" >&2
     mkdir -p "corpus/$t"
-    cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$SECONDS_EACH" -max_len=16384
+    # New inputs go to corpus/<t>; seeds/<t> (committed: real openssl-made messages) is
+    # read as a starting point.
+    seeds=()
+    [ -d "seeds/$t" ] && seeds=("seeds/$t")
+    cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$SECONDS_EACH" -max_len=16384
 done
