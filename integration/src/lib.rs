@@ -96,6 +96,17 @@ pub fn with_header<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A child process (etcd, kube-apiserver, a rotation loop) that is killed and reaped when
+/// the test ends, however it ends, so no server outlives its test.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Path of an external tool on PATH; fails the test with an install hint if it is missing.
 pub fn require_tool(name: &str, install_hint: &str) -> PathBuf {
     let path = std::env::var_os("PATH").map(|p| {

@@ -7,23 +7,13 @@
 //! writer keeps writing through all three members: no write fails, no member drops out.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keygrid_integration::{bin, free_port, require_tool, run, wait_until, DevEnv};
+use keygrid_integration::{bin, free_port, require_tool, run, wait_until, DevEnv, KillOnDrop};
 
 const ETCD_HINT: &str = "apt-get install etcd-server etcd-client (scripts/install-deps.sh)";
 const OPENSSL_HINT: &str = "apt-get install openssl (scripts/install-deps.sh)";
-
-/// Kills the process when the test ends, whatever happens.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Member {
     name: String,
@@ -83,7 +73,7 @@ fn text(o: &std::process::Output) -> String {
     )
 }
 
-fn start_etcd(m: &Member, all: &[Member], data: &Path, log: &Path) -> Proc {
+fn start_etcd(m: &Member, all: &[Member], data: &Path, log: &Path) -> KillOnDrop {
     let cluster: Vec<String> = all
         .iter()
         .map(|o| format!("{}={}", o.name, o.peer_url()))
@@ -125,7 +115,7 @@ fn start_etcd(m: &Member, all: &[Member], data: &Path, log: &Path) -> Proc {
         .stderr(log)
         .spawn()
         .expect("start etcd");
-    Proc(child)
+    KillOnDrop(child)
 }
 
 #[test]
@@ -177,7 +167,7 @@ fn etcd_cluster_runs_on_keygrid_mtls_and_survives_rotation() {
             env.log()
         );
     }
-    let mut procs: Vec<Proc> = members
+    let mut procs: Vec<KillOnDrop> = members
         .iter()
         .map(|m| {
             start_etcd(
@@ -341,7 +331,7 @@ fn etcd_cluster_runs_on_keygrid_mtls_and_survives_rotation() {
     let before_rotation: Vec<usize> = member_logs().iter().map(String::len).collect();
 
     // Rotation under load: renew at half-life (every ~20 s of a 40 s validity window).
-    let rotators: Vec<Proc> = members
+    let rotators: Vec<KillOnDrop> = members
         .iter()
         .map(|m| {
             let log =
@@ -364,7 +354,7 @@ fn etcd_cluster_runs_on_keygrid_mtls_and_survives_rotation() {
                 .stderr(log)
                 .spawn()
                 .expect("start keygrid kubeadm rotate --watch");
-            Proc(child)
+            KillOnDrop(child)
         })
         .collect();
     let started = Instant::now();

@@ -7,25 +7,16 @@
 //! while new tokens carry the new key.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use keygrid_integration::{bin, free_port, require_tool, run, wait_until, DevEnv};
+use keygrid_integration::{bin, free_port, require_tool, run, wait_until, DevEnv, KillOnDrop};
 
 const ETCD_HINT: &str = "apt-get install etcd-server etcd-client (scripts/install-deps.sh)";
 const CURL_HINT: &str = "apt-get install curl (scripts/install-deps.sh)";
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn kube_apiserver() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/bin/kube-apiserver");
@@ -181,7 +172,7 @@ fn jwks(http: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn start_etcd(pki: &Path, dir: &Path) -> (Proc, u16) {
+fn start_etcd(pki: &Path, dir: &Path) -> (KillOnDrop, u16) {
     let (client, peer) = (free_port(), free_port());
     let p = |f: &str| pki.join(f).display().to_string();
     let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
@@ -233,7 +224,7 @@ fn start_etcd(pki: &Path, dir: &Path) -> (Proc, u16) {
         .stderr(log)
         .spawn()
         .expect("start etcd");
-    (Proc(child), client)
+    (KillOnDrop(child), client)
 }
 
 /// `keygrid kubeadm certs` for a one-node control plane `cp1` whose API server listens on
@@ -264,7 +255,7 @@ fn start_apiserver(
     etcd_port: u16,
     extra_args: &[String],
     log_name: &str,
-) -> Proc {
+) -> KillOnDrop {
     let p = |f: &str| pki.join(f).display().to_string();
     let log = std::fs::File::create(work.join(log_name)).unwrap();
     let child = Command::new(apiserver)
@@ -322,7 +313,7 @@ fn start_apiserver(
         .stderr(log)
         .spawn()
         .expect("start kube-apiserver");
-    Proc(child)
+    KillOnDrop(child)
 }
 
 #[test]
@@ -360,26 +351,7 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
     };
     let apiserver_log =
         || std::fs::read_to_string(work.path().join("apiserver.log")).unwrap_or_default();
-    wait_until(
-        "kube-apiserver ready on KeyGrid's certificates",
-        Duration::from_secs(120),
-        || {
-            let out = run(Command::new("curl")
-                .args([
-                    "-sSf",
-                    "--cacert",
-                    &p("ca.crt"),
-                    "--cert",
-                    &p("kubeconfig/super-admin.crt"),
-                ])
-                .args([
-                    "--key",
-                    &p("kubeconfig/super-admin.key"),
-                    &format!("{}/readyz", api.url),
-                ]));
-            out.status.success()
-        },
-    );
+    api.wait_ready();
     let version = api.call("GET", "/version", None);
     assert_eq!(version["gitVersion"], "v1.36.3", "{version}");
 
@@ -488,7 +460,7 @@ fn kube_apiserver_signs_service_account_tokens_through_keygrid() {
         .stderr(log)
         .spawn()
         .expect("start keygrid kubeadm rotate --watch");
-    let _rotator = Proc(rotator);
+    let _rotator = KillOnDrop(rotator);
     let first_serving = std::fs::read(pki.join("apiserver.crt")).unwrap();
     let started = std::time::Instant::now();
     let mut requests = 0;
